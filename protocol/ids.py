@@ -1,0 +1,42 @@
+"""UUIDv7 identifiers, made from a clock reading the caller passes in.
+
+Python 3.11 has no ``uuid.uuid7``; the layout follows RFC 9562 section 5.7:
+48 bits of Unix milliseconds, version, 12 random bits, variant, 62 random bits.
+Time-ordered ids keep the edge's outbox and the cloud's op index append-mostly.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Callable
+
+from .errors import LocalProtocolError
+
+_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def uuid7(now_ms: int, randbytes: Callable[[int], bytes] = os.urandom) -> str:
+    """Return a canonical UUIDv7 string for the given millisecond timestamp."""
+    if not 0 <= now_ms < 1 << 48:
+        raise LocalProtocolError("timestamp out of range for UUIDv7", field="now_ms")
+    rand = int.from_bytes(randbytes(10), "big")
+    rand_a = rand >> 68  # 12 bits
+    rand_b = rand & ((1 << 62) - 1)
+    value = (now_ms << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b
+    return str(uuid.UUID(int=value))
+
+
+def is_uuid(value: object) -> bool:
+    """True for a lower-case canonical UUID string (any version)."""
+    return isinstance(value, str) and _UUID_RE.match(value) is not None
+
+
+def is_uuid7(value: object) -> bool:
+    return is_uuid(value) and isinstance(value, str) and value[14] == "7" and value[19] in "89ab"
+
+
+def uuid7_time_ms(value: str) -> int:
+    """The millisecond timestamp inside a UUIDv7."""
+    return uuid.UUID(value).int >> 80

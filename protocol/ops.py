@@ -1,0 +1,310 @@
+"""Operation types: every change a terminal makes at an edge is one of these.
+
+Ops are frozen and validate when built. Money is integer minor units, points
+are integers; there is no float anywhere. ``op_id`` is a UUIDv7 made by the
+edge and stored before the terminal gets its answer, so the cloud can apply
+each op exactly once however often a batch is resent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, ClassVar
+
+import msgpack
+
+from .errors import LocalProtocolError, RemoteProtocolError
+from .ids import is_uuid, is_uuid7
+from .validate import MAX_AMOUNT, MAX_POINTS, check_range, check_text, check_types
+
+#: Milliseconds since the epoch; anything outside 2020..2100 is a broken clock.
+MIN_TIME_MS = 1_577_836_800_000
+MAX_TIME_MS = 4_102_444_800_000
+
+CONSENT_CHANNELS = frozenset({"phone", "email"})
+CONSENT_SOURCES = frozenset({"pos", "kiosk", "portal", "qr", "import"})
+PROFILE_FIELDS = ("name", "phone", "email", "card_code")
+
+
+class OpKind(StrEnum):
+    ENROLL = "enroll"
+    UPDATE_PROFILE = "update_profile"
+    EARN = "earn"
+    REDEEM = "redeem"
+    VOID = "void"
+    ADJUST = "adjust"
+
+
+def _check_id(name: str, value: str, *, v7: bool = False) -> None:
+    if not (is_uuid7(value) if v7 else is_uuid(value)):
+        kind = "a UUIDv7" if v7 else "a UUID"
+        raise LocalProtocolError(f"{name} must be {kind}", code="invalid_id", field=name)
+
+
+def _check_time(name: str, value: int) -> None:
+    check_range(name, value, MIN_TIME_MS, MAX_TIME_MS)
+
+
+@dataclass(frozen=True, slots=True)
+class Consent:
+    """What the customer agreed to, and who recorded it where."""
+
+    terms_accepted: bool
+    channels: tuple[str, ...]
+    source: str
+    staff: str | None
+    at: int
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        if not self.terms_accepted:
+            raise LocalProtocolError(
+                "the customer must accept the program terms to enroll",
+                code="consent_required",
+                field="consent.terms_accepted",
+            )
+        if len(set(self.channels)) != len(self.channels) or not set(self.channels) <= CONSENT_CHANNELS:
+            raise LocalProtocolError(
+                "consent channels must be distinct values of phone, email",
+                code="invalid_value",
+                field="consent.channels",
+            )
+        if self.source not in CONSENT_SOURCES:
+            raise LocalProtocolError(
+                f"consent source must be one of {sorted(CONSENT_SOURCES)}",
+                code="invalid_value",
+                field="consent.source",
+            )
+        check_text("consent.staff", self.staff, 100)
+        _check_time("consent.at", self.at)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Op:
+    """Fields every operation has."""
+
+    kind: ClassVar[OpKind]
+    op_id: str
+    at: int
+    terminal_id: str
+    customer_id: str
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        _check_id("op_id", self.op_id, v7=True)
+        _check_id("terminal_id", self.terminal_id)
+        _check_id("customer_id", self.customer_id)
+        _check_time("at", self.at)
+        self._validate()
+
+    def _validate(self) -> None:
+        """Kind-specific checks; types are already right when this runs."""
+
+    @property
+    def debit(self) -> int:
+        """Points this op takes from the balance when applied (never negative)."""
+        return 0
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind.value}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Consent):
+                value = dataclasses.asdict(value)
+                value["channels"] = list(value["channels"])
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+    def digest(self) -> bytes:
+        """SHA-256 of the canonical encoding: same op content, same digest."""
+        return hashlib.sha256(msgpack.packb(self.to_wire(), use_bin_type=True)).digest()
+
+
+def _check_contact(name: str | None, phone: str | None, email: str | None, card: str | None) -> None:
+    check_text("name", name, 200)
+    check_text("phone", phone, 32)
+    check_text("email", email, 254)
+    check_text("card_code", card, 64)
+    if email is not None and "@" not in email:
+        raise LocalProtocolError("email must contain @", code="invalid_value", field="email")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Enroll(Op):
+    kind: ClassVar[OpKind] = OpKind.ENROLL
+    name: str
+    phone: str | None
+    email: str | None
+    card_code: str | None
+    consent: Consent
+
+    def _validate(self) -> None:
+        check_text("name", self.name, 200, required=True)
+        _check_contact(self.name, self.phone, self.email, self.card_code)
+        if self.phone is None and self.email is None and self.card_code is None:
+            raise LocalProtocolError(
+                "a customer needs a phone, an email or a card code",
+                code="missing",
+                field="phone",
+            )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpdateProfile(Op):
+    """Set the given fields; None leaves a field unchanged; ``clear`` empties fields."""
+
+    kind: ClassVar[OpKind] = OpKind.UPDATE_PROFILE
+    name: str | None
+    phone: str | None
+    email: str | None
+    card_code: str | None
+    clear: tuple[str, ...]
+
+    def _validate(self) -> None:
+        _check_contact(self.name, self.phone, self.email, self.card_code)
+        if self.name is not None and not self.name.strip():
+            raise LocalProtocolError("name must not be empty", code="missing", field="name")
+        allowed = {"phone", "email", "card_code"}
+        if not set(self.clear) <= allowed or len(set(self.clear)) != len(self.clear):
+            raise LocalProtocolError(
+                "clear may list phone, email, card_code once each", code="invalid_value", field="clear"
+            )
+        for name in self.clear:
+            if getattr(self, name) is not None:
+                raise LocalProtocolError(f"{name} is both set and cleared", code="invalid_value", field=name)
+        if all(getattr(self, n) is None for n in PROFILE_FIELDS) and not self.clear:
+            raise LocalProtocolError("nothing to update", code="missing", field="name")
+
+
+def _check_sale(sale_id: str) -> None:
+    check_text("sale_id", sale_id, 64, required=True)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Earn(Op):
+    """Points earned by a fully paid sale, computed with the given program version."""
+
+    kind: ClassVar[OpKind] = OpKind.EARN
+    sale_id: str
+    amount: int
+    points: int
+    program_version: int
+
+    def _validate(self) -> None:
+        _check_sale(self.sale_id)
+        check_range("amount", self.amount, 1, MAX_AMOUNT)
+        check_range("points", self.points, 0, MAX_POINTS)
+        check_range("program_version", self.program_version, 1, 2**31)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Redeem(Op):
+    kind: ClassVar[OpKind] = OpKind.REDEEM
+    sale_id: str
+    points: int
+    program_version: int
+
+    def _validate(self) -> None:
+        _check_sale(self.sale_id)
+        check_range("points", self.points, 1, MAX_POINTS)
+        check_range("program_version", self.program_version, 1, 2**31)
+
+    @property
+    def debit(self) -> int:
+        return self.points
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Void(Op):
+    """Reverse a sale: take back what it earned, give back what it redeemed.
+
+    ``reversed_points`` and ``returned_points`` are what the edge computed from
+    its own records; the cloud recomputes both from its ledger (a redemption
+    it refused gives nothing back) and reports any difference.
+    """
+
+    kind: ClassVar[OpKind] = OpKind.VOID
+    sale_id: str
+    reversed_points: int
+    returned_points: int
+
+    def _validate(self) -> None:
+        _check_sale(self.sale_id)
+        check_range("reversed_points", self.reversed_points, 0, MAX_POINTS)
+        check_range("returned_points", self.returned_points, 0, MAX_POINTS)
+
+    @property
+    def debit(self) -> int:
+        return self.reversed_points
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Adjust(Op):
+    """A manual correction with a reason and the person who made it."""
+
+    kind: ClassVar[OpKind] = OpKind.ADJUST
+    points: int
+    reason: str
+    actor: str
+
+    def _validate(self) -> None:
+        check_range("points", self.points, -MAX_POINTS, MAX_POINTS)
+        if self.points == 0:
+            raise LocalProtocolError("points must not be zero", code="out_of_range", field="points")
+        check_text("reason", self.reason, 500, required=True)
+        check_text("actor", self.actor, 100, required=True)
+
+    @property
+    def debit(self) -> int:
+        return max(0, -self.points)
+
+
+AnyOp = Enroll | UpdateProfile | Earn | Redeem | Void | Adjust
+OP_TYPES: dict[str, type[Op]] = {
+    cls.kind.value: cls for cls in (Enroll, UpdateProfile, Earn, Redeem, Void, Adjust)
+}
+
+
+def op_from_wire(obj: object) -> Op:
+    """Build an op from its decoded msgpack map; RemoteProtocolError if invalid."""
+    if not isinstance(obj, Mapping):
+        raise RemoteProtocolError("an op must be a map", code="bad_op")
+    kind = obj.get("kind")
+    cls = OP_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise RemoteProtocolError(f"unknown op kind {kind!r}", code="bad_op", field="kind")
+    names = {f.name for f in dataclasses.fields(cls)}
+    keys = set(obj) - {"kind"}
+    if keys != names:
+        extra, missing = sorted(keys - names), sorted(names - keys)
+        raise RemoteProtocolError(
+            f"{kind} op fields differ: unexpected {extra}, missing {missing}",
+            code="bad_op",
+            field=(extra or missing)[0],
+        )
+    kwargs = {name: obj[name] for name in names}
+    try:
+        consent = kwargs.get("consent")
+        if consent is not None:
+            kwargs["consent"] = _consent_from_wire(consent)
+        if "clear" in kwargs and isinstance(kwargs["clear"], list):
+            kwargs["clear"] = tuple(kwargs["clear"])
+        return cls(**kwargs)
+    except LocalProtocolError as exc:
+        raise RemoteProtocolError(exc.message, code=exc.code, field=exc.field) from exc
+
+
+def _consent_from_wire(obj: object) -> Consent:
+    names = {f.name for f in dataclasses.fields(Consent)}
+    if not isinstance(obj, Mapping) or set(obj) != names:
+        raise LocalProtocolError("consent has the wrong shape", code="bad_op", field="consent")
+    kwargs = dict(obj)
+    if isinstance(kwargs["channels"], list):
+        kwargs["channels"] = tuple(kwargs["channels"])
+    return Consent(**kwargs)

@@ -1,0 +1,47 @@
+"""Loyalty rules as pure functions, shared by edge (to quote and record) and
+cloud (to verify). Rounding is floor per sale, so both sides always agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import LocalProtocolError
+from .validate import MAX_AMOUNT, MAX_POINTS, check_range, check_text, check_types
+
+
+@dataclass(frozen=True, slots=True)
+class Program:
+    """A brand's program settings at one version.
+
+    Earning: ``points_per_unit`` points for every whole ``unit_amount`` minor
+    units spent (1 point per 100 cents is ``Program(..., 1, 100)``).
+    """
+
+    brand_id: str
+    version: int
+    name: str
+    points_per_unit: int
+    unit_amount: int
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        check_text("name", self.name, 100, required=True)
+        check_range("version", self.version, 1, 2**31)
+        check_range("points_per_unit", self.points_per_unit, 0, 10_000)
+        check_range("unit_amount", self.unit_amount, 1, MAX_AMOUNT)
+
+
+def earn_points(amount: int, program: Program) -> int:
+    """Points a fully paid sale of ``amount`` minor units earns: floor per sale."""
+    if amount < 0:
+        raise LocalProtocolError("amount must not be negative", code="out_of_range", field="amount")
+    return min(MAX_POINTS, (amount // program.unit_amount) * program.points_per_unit)
+
+
+def available_points(confirmed: int, pending_debits: int) -> int:
+    """What may be redeemed now: the confirmed balance less every pending debit.
+
+    Pending earns do not count: the cloud may still refuse or reverse them.
+    """
+    return max(0, confirmed - pending_debits)
