@@ -1,0 +1,170 @@
+"""The edge daemon: one aiohttp application, one cleanup context per resource.
+
+Start-up order is store → sync task → zeroconf, and shutdown runs in
+reverse: we stop being advertised first, stop syncing, and close the store
+last, after the writer has committed every write it accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+
+from protocol import key_id_for, load_public_key
+
+from .api import add_routes, auth_middleware, error_middleware
+from .appkeys import ADVERTISER, AUTH, CLOCK, CONFIG, STARTED, STORE, SYNC
+from .cloud_client import CloudClient
+from .config import EdgeConfig
+from .keyfile import load_key
+from .outbox import Identity
+from .store import EdgeStore
+from .sync import SyncTask
+from .terminals import TerminalAuth
+
+log = logging.getLogger(__name__)
+LAST_SEEN_FLUSH_S = 30.0
+
+
+def build_app(config: EdgeConfig, *, port: int, clock: Callable[[], float] = time.time) -> web.Application:
+    app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=64 * 1024)
+    app[CONFIG] = config
+    app[CLOCK] = clock
+    app[STARTED] = clock()
+    add_routes(app)
+    app.cleanup_ctx.append(_store_ctx)
+    app.cleanup_ctx.append(_sync_ctx)
+    app.cleanup_ctx.append(_last_seen_ctx)
+    if config.zeroconf:
+        app.cleanup_ctx.append(_zeroconf_ctx(port))
+    return app
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    store = EdgeStore(app[CONFIG].db_path)
+    await store.open()
+    app[STORE] = store
+    app[AUTH] = TerminalAuth(store)
+    yield
+    await store.close()
+
+
+async def _sync_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    store = app[STORE]
+    key = load_key(config.key_path)
+    identity = Identity(
+        store_id=config.store_id,
+        node_id=store.meta("node_id"),
+        key_id=key_id_for(key.public_key()),
+        private_key=key,
+    )
+    client = CloudClient(config.cloud_url)
+    sync = SyncTask(
+        store,
+        client,
+        identity,
+        load_public_key(config.cloud_key_bytes()),
+        clock=app[CLOCK],
+        batch_size=config.batch_size,
+        interval=config.sync_interval,
+    )
+    app[SYNC] = sync
+    task = asyncio.create_task(sync.run(), name="edge-sync")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await client.close()
+
+
+async def _last_seen_ctx(app: web.Application) -> AsyncIterator[None]:
+    async def flush_forever() -> None:
+        while True:
+            await asyncio.sleep(LAST_SEEN_FLUSH_S)
+            await app[STORE].write(app[AUTH].flush_last_seen())
+
+    task = asyncio.create_task(flush_forever(), name="edge-last-seen")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await app[STORE].write(app[AUTH].flush_last_seen())
+
+
+def _zeroconf_ctx(port: int) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        from .zeroconf_service import EdgeAdvertiser  # zeroconf is imported only when enabled
+
+        config = app[CONFIG]
+        key = load_key(config.key_path)
+        advertiser = EdgeAdvertiser(
+            interfaces=list(config.interfaces) or None,
+            addresses=list(config.interfaces) or None,
+            port=port,
+            store_id=config.store_id,
+            fingerprint=key_id_for(key.public_key()),
+        )
+        app[ADVERTISER] = advertiser
+        await advertiser.start()
+
+        async def watch() -> None:
+            while True:
+                await asyncio.sleep(30)
+                await advertiser.check_addresses()
+
+        task = asyncio.create_task(watch(), name="edge-zeroconf-watch")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await advertiser.stop()
+
+    return ctx
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind and listen before start-up, so zeroconf can advertise the real port.
+
+    Connections that arrive before the site starts wait in the backlog.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+async def serve(config: EdgeConfig, *, on_ready: Callable[[str], None] | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then drain and close everything."""
+    sock = bind_socket(config.host, config.port)
+    port = sock.getsockname()[1]
+    app = build_app(config, port=port)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=10.0)
+    await runner.setup()
+    site = web.SockSite(runner, sock)
+    await site.start()
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    url = f"http://{host}:{port}"
+    log.info("edge listening on %s", url)
+    if on_ready is not None:
+        on_ready(url)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        log.info("stopping: draining requests and the writer")
+    finally:
+        await runner.cleanup()
+

@@ -1,0 +1,202 @@
+"""``loyalty-edge``: init, serve, pair, terminals, status, discover."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from protocol import key_id_for, public_bytes, uuid7
+
+from .config import ConfigError, EdgeConfig, build_config, load_config, write_config
+from .db import connect, migrate
+from .keyfile import KeyFileError, create_key, load_key
+from .store import EdgeStore, set_meta
+from .terminals import create_pairing_code, list_terminals, revoke_terminal
+
+log = logging.getLogger(__name__)
+
+
+def _config_path(args: argparse.Namespace) -> Path:
+    if args.config:
+        return Path(args.config)
+    return Path(args.data) / "edge.toml"
+
+
+def _load(args: argparse.Namespace) -> EdgeConfig:
+    return load_config(_config_path(args))
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    data = Path(args.data).resolve()
+    values = {
+        "data_dir": str(data),
+        "store_id": args.store_id,
+        "cloud_url": args.cloud_url,
+        "cloud_public_key": args.cloud_public_key,
+        "host": args.host,
+        "port": args.port,
+        "zeroconf": not args.no_zeroconf,
+        "interfaces": args.interface or [],
+        "sync_interval": args.sync_interval,
+    }
+    config = build_config(values, env={})
+    data.mkdir(parents=True, exist_ok=True)
+    data.chmod(0o700)
+    path = data / "edge.toml"
+    if path.exists() and not args.force:
+        print(f"{path} exists; pass --force to rewrite it", file=sys.stderr)
+        return 2
+    key = load_key(config.key_path) if config.key_path.exists() else create_key(config.key_path)
+    EdgeStore.initialise(config.db_path)
+    conn = connect(config.db_path)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        if conn.execute("SELECT 1 FROM meta WHERE key = 'node_id'").fetchone() is None:
+            set_meta(conn, "node_id", uuid7(int(time.time() * 1000)))
+        set_meta(conn, "store_id", config.store_id)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    write_config(path, config)
+    path.chmod(0o600)
+    public = key.public_key()
+    print(json.dumps({"store_id": config.store_id, "key_id": key_id_for(public),
+                      "public_key": public_bytes(public).hex(), "config": str(path)}))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .app import serve
+
+    config = _load(args)
+    load_key(config.key_path)  # fail now, with the reason, not inside start-up
+
+    def ready(url: str) -> None:
+        print(f"listening on {url}", flush=True)
+
+    asyncio.run(serve(config, on_ready=ready))
+    return 0
+
+
+def cmd_pair(args: argparse.Namespace) -> int:
+    config = _load(args)
+    conn = connect(config.db_path)
+    try:
+        migrate(conn)
+        conn.execute("BEGIN IMMEDIATE")
+        code = create_pairing_code(conn, int(time.time() * 1000))
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    if args.json:
+        print(json.dumps({"code": code, "expires_in_s": 600}))
+    else:
+        print(f"Pairing code: {code}  (valid 10 minutes, once)")
+        print("On the terminal: POST /v1/pair {\"code\": \"...\", \"name\": \"Till 1\"}")
+    return 0
+
+
+def cmd_terminals(args: argparse.Namespace) -> int:
+    config = _load(args)
+    conn = connect(config.db_path)
+    try:
+        if args.action == "revoke":
+            conn.execute("BEGIN IMMEDIATE")
+            done = revoke_terminal(conn, args.terminal_id, int(time.time() * 1000))
+            conn.execute("COMMIT")
+            if not done:
+                print(f"no active terminal {args.terminal_id}", file=sys.stderr)
+                return 1
+            print(f"revoked {args.terminal_id} (takes effect within 5 seconds)")
+        else:
+            for terminal in list_terminals(conn):
+                print(json.dumps(terminal))
+    finally:
+        conn.close()
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    config = _load(args)
+    url = f"http://{config.host}:{config.port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            data = json.load(response)
+    except OSError as exc:
+        print(f"the edge does not answer at {url}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(data, indent=2))
+    return 0 if data.get("status") == "ok" else 1
+
+
+def cmd_discover(args: argparse.Namespace) -> int:
+    from .discovery import discover_edges, format_edges
+
+    edges = asyncio.run(discover_edges(args.timeout, interfaces=args.interface or None, store_id=args.store_id))
+    print(format_edges(edges))
+    return 0 if edges else 1
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="loyalty-edge", description="Offline-first loyalty node for one store")
+    top.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = top.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        group = p.add_mutually_exclusive_group(required=True)
+        group.add_argument("--data", help="data directory holding edge.toml")
+        group.add_argument("--config", help="path of edge.toml")
+        return p
+
+    init = sub.add_parser("init", help="provision this node: key pair, database, config")
+    init.add_argument("--data", required=True)
+    init.add_argument("--store-id", required=True)
+    init.add_argument("--cloud-url", required=True)
+    init.add_argument("--cloud-public-key", required=True, help="the cloud's Ed25519 public key (hex), pinned")
+    init.add_argument("--host", default="127.0.0.1")
+    init.add_argument("--port", type=int, default=8700)
+    init.add_argument("--interface", action="append", help="IP address to serve zeroconf on (repeatable)")
+    init.add_argument("--no-zeroconf", action="store_true")
+    init.add_argument("--sync-interval", type=float, default=5.0)
+    init.add_argument("--force", action="store_true", help="rewrite an existing edge.toml (the key is kept)")
+    init.set_defaults(func=cmd_init)
+
+    with_config(sub.add_parser("serve", help="run the node")).set_defaults(func=cmd_serve)
+    pair = with_config(sub.add_parser("pair", help="show a one-time pairing code for a terminal"))
+    pair.add_argument("--json", action="store_true")
+    pair.set_defaults(func=cmd_pair)
+    terminals = with_config(sub.add_parser("terminals", help="list or revoke paired terminals"))
+    terminals.add_argument("action", choices=["list", "revoke"])
+    terminals.add_argument("terminal_id", nargs="?")
+    terminals.set_defaults(func=cmd_terminals)
+    with_config(sub.add_parser("status", help="the node's health verdict")).set_defaults(func=cmd_status)
+    discover = sub.add_parser("discover", help="find edges on the LAN by zeroconf")
+    discover.add_argument("--timeout", type=float, default=3.0)
+    discover.add_argument("--interface", action="append")
+    discover.add_argument("--store-id")
+    discover.set_defaults(func=cmd_discover)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "terminals" and args.action == "revoke" and not args.terminal_id:
+        p.error("terminals revoke needs a terminal id")
+    try:
+        code: int = args.func(args)
+    except (ConfigError, KeyFileError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

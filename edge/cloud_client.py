@@ -1,0 +1,75 @@
+"""HTTP transport to the cloud. aiohttp's errors become CloudUnavailable
+(retry later) or CloudRefused (the cloud said no), at this boundary only."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import aiohttp
+
+from .errors import CloudRefused, CloudUnavailable
+
+log = logging.getLogger(__name__)
+MSGPACK = "application/x-msgpack"
+MAX_RESPONSE = 16 * 1024 * 1024
+
+
+class CloudClient:
+    def __init__(self, base_url: str, *, timeout: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(total=timeout, connect=min(5.0, timeout))
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> CloudClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def post_envelope(self, path: str, envelope: bytes) -> bytes:
+        """POST a signed envelope; return the signed answer's bytes."""
+        url = f"{self.base_url}{path}"
+        try:
+            async with self._get_session().post(
+                url, data=envelope, headers={"Content-Type": MSGPACK, "Accept": MSGPACK}
+            ) as response:
+                length = response.content_length
+                if length is not None and length > MAX_RESPONSE:
+                    raise CloudUnavailable(f"{url}: answer of {length} bytes is too large")
+                body = await response.content.read(MAX_RESPONSE + 1)
+                if len(body) > MAX_RESPONSE:
+                    raise CloudUnavailable(f"{url}: answer is too large")
+                if response.status == 200:
+                    return body
+                error = _error_of(body)
+                if 400 <= response.status < 500:
+                    raise CloudRefused(
+                        response.status,
+                        str(error.get("code", "refused")),
+                        str(error.get("message", "")),
+                        {k: v for k, v in error.items() if k not in ("code", "message")},
+                    )
+                raise CloudUnavailable(f"{url}: HTTP {response.status} {error.get('message', '')}")
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise CloudUnavailable(f"{url}: {type(exc).__name__}: {exc}") from exc
+
+
+def _error_of(body: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+        error = data.get("error") if isinstance(data, dict) else None
+        return error if isinstance(error, dict) else {}
+    except (ValueError, UnicodeDecodeError):
+        return {}

@@ -1,0 +1,234 @@
+"""The OpenAPI 3 description of the terminal API, served at /openapi.json.
+
+A test checks that every route the application registers is described here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from protocol.validate import MAX_AMOUNT, MAX_POINTS
+
+JSON = "application/json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {JSON: {"schema": schema}}}
+
+
+def _ok(status: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        status: {"description": description, "content": {JSON: {"schema": schema}}},
+        "4XX": {"description": "Refused; nothing changed", "content": {JSON: {"schema": _ref("Error")}}},
+        "503": {"description": "The node cannot store the write", "content": {JSON: {"schema": _ref("Error")}}},
+    }
+
+
+IDEMPOTENCY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": True,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+    "description": "A retry with the same key returns the first answer; another body with it gets 409.",
+}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message", "field"],
+                "properties": {
+                    "code": {"type": "string"},
+                    "message": {"type": "string"},
+                    "field": {"type": ["string", "null"]},
+                },
+            }
+        },
+    },
+    "Balance": {
+        "type": "object",
+        "properties": {
+            "confirmed": {"type": "integer", "description": "Last balance confirmed by the cloud"},
+            "pending": {"type": "integer", "description": "Sum of local ops the cloud has not confirmed"},
+            "available": {"type": "integer", "description": "confirmed minus pending debits: redeemable now"},
+        },
+    },
+    "Customer": {
+        "type": "object",
+        "properties": {
+            "customer_id": {"type": "string", "format": "uuid"},
+            "name": {"type": "string"},
+            "phone": {"type": ["string", "null"]},
+            "email": {"type": ["string", "null"]},
+            "card_code": {"type": ["string", "null"]},
+            "consent": {"type": ["object", "null"]},
+            "balance": _ref("Balance"),
+            "created_at": {"type": "integer", "description": "ms since epoch"},
+        },
+    },
+    "Enroll": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["name", "consent"],
+        "properties": {
+            "name": {"type": "string", "maxLength": 200},
+            "phone": {"type": "string", "maxLength": 32},
+            "email": {"type": "string", "maxLength": 254},
+            "card_code": {"type": "string", "maxLength": 64},
+            "consent": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["terms_accepted"],
+                "properties": {
+                    "terms_accepted": {"type": "boolean", "const": True},
+                    "channels": {"type": "array", "items": {"enum": ["phone", "email"]}, "uniqueItems": True},
+                    "staff": {"type": "string", "maxLength": 100},
+                },
+            },
+        },
+    },
+    "ProfileUpdate": {
+        "type": "object",
+        "additionalProperties": False,
+        "description": "Fields to change; null removes phone, email or card_code.",
+        "properties": {
+            "name": {"type": "string", "maxLength": 200},
+            "phone": {"type": ["string", "null"]},
+            "email": {"type": ["string", "null"]},
+            "card_code": {"type": ["string", "null"]},
+        },
+    },
+    "Earn": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["customer_id", "sale_id", "amount", "state"],
+        "properties": {
+            "customer_id": {"type": "string", "format": "uuid"},
+            "sale_id": {"type": "string", "maxLength": 64},
+            "amount": {"type": "integer", "minimum": 1, "maximum": MAX_AMOUNT, "description": "minor units"},
+            "state": {"enum": ["paid", "closed", "open"], "description": "only paid or closed sales earn"},
+        },
+    },
+    "Redeem": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["customer_id", "sale_id", "points"],
+        "properties": {
+            "customer_id": {"type": "string", "format": "uuid"},
+            "sale_id": {"type": "string", "maxLength": 64},
+            "points": {"type": "integer", "minimum": 1, "maximum": MAX_POINTS},
+        },
+    },
+    "Adjust": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["customer_id", "points", "reason", "actor"],
+        "properties": {
+            "customer_id": {"type": "string", "format": "uuid"},
+            "points": {"type": "integer", "minimum": -MAX_POINTS, "maximum": MAX_POINTS},
+            "reason": {"type": "string", "maxLength": 500},
+            "actor": {"type": "string", "maxLength": 100},
+        },
+    },
+    "OpAnswer": {
+        "type": "object",
+        "properties": {
+            "op_id": {"type": "string", "format": "uuid"},
+            "sale_id": {"type": "string"},
+            "customer_id": {"type": "string"},
+            "points": {"type": "integer"},
+            "balance": _ref("Balance"),
+        },
+    },
+    "Conflict": {
+        "type": "object",
+        "properties": {
+            "op_id": {"type": "string"},
+            "kind": {"type": "string"},
+            "customer_id": {"type": "string"},
+            "terminal_id": {"type": "string"},
+            "points": {"type": "integer"},
+            "code": {"type": "string"},
+        },
+    },
+}
+
+
+def document() -> dict[str, Any]:
+    customer_id = {"name": "customer_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    search = [
+        {"name": name, "in": "query", "required": False, "schema": {"type": "string"}, "description": text}
+        for name, text in (
+            ("phone", "full phone number, any common format"),
+            ("email", "email address"),
+            ("code", "loyalty card code"),
+            ("name", "name prefix, case- and accent-insensitive"),
+        )
+    ] + [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 50}}]
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Loyalty Edge terminal API",
+            "version": "1",
+            "description": "Served by the store's edge node; works with or without the internet.",
+        },
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"terminalToken": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"terminalToken": []}],
+        "paths": {
+            "/healthz": {"get": {"summary": "Health verdict for monitors", "security": [],
+                                 "responses": {"200": {"description": "verdict and reasons"}}}},
+            "/openapi.json": {"get": {"summary": "This document", "security": [],
+                                      "responses": {"200": {"description": "OpenAPI 3 document"}}}},
+            "/status": {"get": {"summary": "Status page for technicians (localhost only, HTML)", "security": [],
+                                "responses": {"200": {"description": "HTML"}, "403": {"description": "not local"}}}},
+            "/v1/pair": {"post": {
+                "summary": "Trade a pairing code from `loyalty-edge pair` for a terminal token",
+                "security": [],
+                "requestBody": _body({"type": "object", "required": ["code", "name"], "additionalProperties": False,
+                                      "properties": {"code": {"type": "string"}, "name": {"type": "string"}}}),
+                "responses": _ok("201", {"type": "object"}, "terminal_id and token (shown once)"),
+            }},
+            "/v1/customers": {
+                "get": {"summary": "Find customers (exactly one criterion)", "parameters": search,
+                        "responses": _ok("200", {"type": "object", "properties": {
+                            "customers": {"type": "array", "items": _ref("Customer")}}}, "ranked, bounded")},
+                "post": {"summary": "Enroll a customer with recorded consent", "parameters": [IDEMPOTENCY],
+                         "requestBody": _body(_ref("Enroll")), "responses": _ok("201", _ref("Customer"), "enrolled")},
+            },
+            "/v1/customers/{customer_id}": {
+                "get": {"summary": "A profile with its balance", "parameters": [customer_id],
+                        "responses": _ok("200", _ref("Customer"), "profile")},
+                "patch": {"summary": "Update a profile", "parameters": [customer_id, IDEMPOTENCY],
+                          "requestBody": _body(_ref("ProfileUpdate")),
+                          "responses": _ok("200", _ref("Customer"), "updated")},
+            },
+            "/v1/earns": {"post": {"summary": "Record the earn of a paid sale", "parameters": [IDEMPOTENCY],
+                                   "requestBody": _body(_ref("Earn")),
+                                   "responses": _ok("201", _ref("OpAnswer"), "queued durably")}},
+            "/v1/redemptions": {"post": {"summary": "Redeem points (up to the available balance)",
+                                         "parameters": [IDEMPOTENCY], "requestBody": _body(_ref("Redeem")),
+                                         "responses": _ok("201", _ref("OpAnswer"), "queued durably")}},
+            "/v1/sales/{sale_id}/void": {"post": {
+                "summary": "Void a sale: take back what it earned, give back what it redeemed",
+                "parameters": [{"name": "sale_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                               IDEMPOTENCY],
+                "responses": _ok("201", _ref("OpAnswer"), "queued durably"),
+            }},
+            "/v1/adjustments": {"post": {"summary": "Manual adjustment with a reason and an actor",
+                                         "parameters": [IDEMPOTENCY], "requestBody": _body(_ref("Adjust")),
+                                         "responses": _ok("201", _ref("OpAnswer"), "queued durably")}},
+            "/v1/conflicts": {"get": {"summary": "Ops the cloud refused (e.g. redemptions over the balance)",
+                                      "responses": _ok("200", {"type": "object", "properties": {
+                                          "conflicts": {"type": "array", "items": _ref("Conflict")}}}, "list")}},
+        },
+    }

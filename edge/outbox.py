@@ -1,0 +1,180 @@
+"""Writer jobs of the sync side: cut a batch, apply an ack, apply a downlink.
+
+Each runs in one transaction with the state it advances, so a crash leaves
+either the old state or the new one: a batch is stored (and its ops marked)
+before its first byte is sent, and an ack or downlink is applied together
+with the cursor it moves.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import TypeVar
+
+import msgpack
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from protocol import GENESIS_HASH, Ack, Batch, Downlink, OpStatus, op_from_wire, seal_batch
+from protocol.normalize import name_key
+
+from .store import get_meta, load_program, set_meta
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Job = Callable[[sqlite3.Connection], T]
+
+
+@dataclass(frozen=True, slots=True)
+class PendingBatch:
+    seq: int
+    hash: bytes
+    envelope: bytes
+    op_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    store_id: str
+    node_id: str
+    key_id: str
+    private_key: Ed25519PrivateKey
+
+
+def next_batch(identity: Identity, now: int, max_ops: int) -> Job[PendingBatch | None]:
+    """The unacknowledged batch if there is one (resent byte for byte), else a new one."""
+
+    def job(conn: sqlite3.Connection) -> PendingBatch | None:
+        row = conn.execute(
+            "SELECT seq, hash, envelope, op_count FROM batches WHERE acked_at IS NULL ORDER BY seq LIMIT 1"
+        ).fetchone()
+        if row is not None:
+            return PendingBatch(*row)
+        rows = conn.execute(
+            "SELECT seq, body FROM outbox WHERE batch_seq IS NULL ORDER BY seq LIMIT ?", (max_ops,)
+        ).fetchall()
+        if not rows:
+            return None
+        last = conn.execute("SELECT seq, hash FROM batches ORDER BY seq DESC LIMIT 1").fetchone()
+        seq, prev = (1, GENESIS_HASH) if last is None else (last[0] + 1, last[1])
+        ops = tuple(op_from_wire(msgpack.unpackb(body, raw=False, use_list=False)) for _, body in rows)
+        batch = Batch(
+            store_id=identity.store_id,
+            node_id=identity.node_id,
+            key_id=identity.key_id,
+            seq=seq,
+            prev_hash=prev,
+            at=now,
+            ops=ops,
+        )
+        envelope, digest = seal_batch(batch, identity.private_key)
+        conn.execute(
+            "INSERT INTO batches (seq, hash, envelope, op_count, created_at) VALUES (?, ?, ?, ?, ?)",
+            (seq, digest, envelope, len(ops), now),
+        )
+        conn.execute(
+            "UPDATE outbox SET batch_seq = ? WHERE batch_seq IS NULL AND seq <= ?", (seq, rows[-1][0])
+        )
+        return PendingBatch(seq, digest, envelope, len(ops))
+
+    return job
+
+
+def apply_ack(ack: Ack, now: int) -> Job[dict[str, int]]:
+    """Mark the batch's ops with the cloud's results and take its balances."""
+
+    def job(conn: sqlite3.Connection) -> dict[str, int]:
+        conn.executemany(
+            "UPDATE outbox SET status = ?, result_code = ?, result_points = ?, acked_at = ? "
+            "WHERE op_id = ? AND batch_seq = ?",
+            [(r.status.value, r.code, r.points, now, r.op_id, ack.seq) for r in ack.results],
+        )
+        refused = [r for r in ack.results if r.status is OpStatus.REFUSED]
+        for result in refused:
+            row = conn.execute(
+                "SELECT kind, customer_id, terminal_id, sale_id, delta, created_at FROM outbox WHERE op_id = ?",
+                (result.op_id,),
+            ).fetchone()
+            if row is None:
+                continue
+            kind, customer_id, terminal_id, sale_id, delta, created_at = row
+            conn.execute(
+                "INSERT OR IGNORE INTO conflicts (op_id, kind, customer_id, terminal_id, sale_id, points, "
+                "code, op_at, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (result.op_id, kind, customer_id, terminal_id, sale_id, abs(delta), result.code or "refused",
+                 created_at, now),
+            )
+            # The sale keeps only what the cloud applied, so a later void
+            # gives back nothing that was never taken.
+            if kind == "redeem" and sale_id is not None:
+                conn.execute(
+                    "UPDATE sales SET redeemed = MAX(0, redeemed + ?) WHERE sale_id = ?", (delta, sale_id)
+                )
+            elif kind == "earn" and sale_id is not None:
+                conn.execute(
+                    "UPDATE sales SET earned = MAX(0, earned - ?) WHERE sale_id = ?", (delta, sale_id)
+                )
+        conn.executemany(
+            "UPDATE customers SET confirmed = ?, version = ? WHERE customer_id = ? AND version < ?",
+            [(b.points, b.version, b.customer_id, b.version) for b in ack.balances],
+        )
+        conn.execute("UPDATE batches SET acked_at = ? WHERE seq = ?", (now, ack.seq))
+        return {"applied": len(ack.results) - len(refused), "refused": len(refused)}
+
+    return job
+
+
+def apply_downlink(downlink: Downlink, now: int) -> Job[bool]:
+    """Take newer customers and program settings, and move the cursor; False if stale."""
+
+    def job(conn: sqlite3.Connection) -> bool:
+        cursor = get_meta(conn, "cursor", 0)
+        if downlink.from_cursor != cursor:
+            log.warning("ignoring a downlink from cursor %d; ours is %d", downlink.from_cursor, cursor)
+            return False
+        for c in downlink.customers:
+            local = conn.execute(
+                "SELECT version FROM customers WHERE customer_id = ?", (c.customer_id,)
+            ).fetchone()
+            if local is None:
+                conn.execute(
+                    "INSERT INTO customers (customer_id, name, name_key, phone, email, card_code, confirmed, "
+                    "version, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (c.customer_id, c.name, name_key(c.name), c.phone, c.email, c.card_code, c.balance,
+                     c.version, now, now),
+                )
+                continue
+            if local[0] >= c.version:
+                continue
+            profile_pending = conn.execute(
+                "SELECT 1 FROM outbox WHERE customer_id = ? AND status IS NULL "
+                "AND kind IN ('enroll', 'update_profile') LIMIT 1",
+                (c.customer_id,),
+            ).fetchone()
+            if profile_pending:
+                # Our own unconfirmed profile change is newer than this record.
+                conn.execute(
+                    "UPDATE customers SET confirmed = ?, version = ? WHERE customer_id = ?",
+                    (c.balance, c.version, c.customer_id),
+                )
+            else:
+                conn.execute(
+                    "UPDATE customers SET name = ?, name_key = ?, phone = ?, email = ?, card_code = ?, "
+                    "confirmed = ?, version = ?, updated_at = ? WHERE customer_id = ?",
+                    (c.name, name_key(c.name), c.phone, c.email, c.card_code, c.balance, c.version, now,
+                     c.customer_id),
+                )
+        program = downlink.program
+        if program is not None:
+            current = load_program(conn)
+            if current is None or program.version > current.version:
+                set_meta(conn, "program", msgpack.packb(asdict(program), use_bin_type=True))
+                log.info("program %s version %d received", program.brand_id, program.version)
+        set_meta(conn, "cursor", downlink.to_cursor)
+        set_meta(conn, "last_downlink_at", now)
+        return True
+
+    return job
+

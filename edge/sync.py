@@ -1,0 +1,170 @@
+"""The sync task: push the outbox in signed batches, pull confirmed state.
+
+While the cloud is reachable it drains the outbox batch by batch; while it
+is not, it retries with jittered exponential backoff. A batch that has no
+ack yet is resent as the identical bytes stored when it was cut, so the
+cloud's sequence and hash chain see one batch however often it travels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from protocol import (
+    MessageType,
+    ProtocolError,
+    Pull,
+    RemoteProtocolError,
+    encode_pull,
+    open_ack,
+    open_downlink,
+    seal,
+)
+
+from .backoff import Backoff
+from .cloud_client import CloudClient
+from .errors import CloudRefused, CloudUnavailable, StoreError
+from .outbox import Identity, apply_ack, apply_downlink, next_batch
+from .store import EdgeStore
+
+log = logging.getLogger(__name__)
+PULL_LIMIT = 2000
+
+
+@dataclass
+class SyncStatus:
+    reachable: bool | None = None
+    last_success_at: float | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
+    next_retry_at: float | None = None
+    attempt: int = 0
+    batches_acked: int = 0
+    ops_acked: int = 0
+    ops_refused: int = 0
+    clock_skew_ms: int | None = None
+
+
+class SyncTask:
+    def __init__(
+        self,
+        store: EdgeStore,
+        client: CloudClient,
+        identity: Identity,
+        cloud_key: Ed25519PublicKey,
+        *,
+        clock: Callable[[], float] = time.time,
+        rand: Callable[[], float] = random.random,
+        backoff: Backoff | None = None,
+        batch_size: int = 1000,
+        interval: float = 5.0,
+        linger: float = 0.05,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.identity = identity
+        self.cloud_key = cloud_key
+        self.clock = clock
+        self.rand = rand
+        self.backoff = backoff or Backoff()
+        self.batch_size = batch_size
+        self.interval = interval
+        self.linger = linger
+        self.status = SyncStatus()
+        self._wake = asyncio.Event()
+
+    def notify(self) -> None:
+        """New ops are in the outbox: sync soon instead of at the next interval."""
+        self._wake.set()
+
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    async def run(self) -> None:
+        while True:
+            delay = await self.attempt_once()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+            if self._wake.is_set() and self.status.attempt == 0:
+                # Let a burst of writes gather into one batch.
+                await asyncio.sleep(self.linger)
+            self._wake.clear()
+
+    async def attempt_once(self) -> float:
+        """One sync round; returns the seconds to wait before the next."""
+        try:
+            await self.sync_once()
+        except (CloudUnavailable, CloudRefused, ProtocolError, StoreError) as exc:
+            status = self.status
+            status.attempt += 1
+            status.reachable = not isinstance(exc, CloudUnavailable)
+            status.last_error = f"{type(exc).__name__}: {exc}"
+            status.last_error_at = self.clock()
+            delay = self.backoff.delay(status.attempt, self.rand)
+            status.next_retry_at = self.clock() + delay
+            log.warning("sync failed (attempt %d, retry in %.1fs): %s", status.attempt, delay, status.last_error)
+            return delay
+        self.status.attempt = 0
+        self.status.next_retry_at = self.clock() + self.interval
+        return self.interval
+
+    async def sync_once(self) -> None:
+        await self.push()
+        await self.pull()
+        self.status.reachable = True
+        self.status.last_success_at = self.clock()
+
+    async def push(self) -> int:
+        """Send batches until the outbox is drained; return how many were acked."""
+        sent = 0
+        while True:
+            pending = await self.store.write(next_batch(self.identity, self._now_ms(), self.batch_size))
+            if pending is None:
+                return sent
+            reply = await self.client.post_envelope("/v1/batches", pending.envelope)
+            ack = open_ack(reply, self.cloud_key)
+            if (
+                ack.store_id != self.identity.store_id
+                or ack.seq != pending.seq
+                or ack.batch_hash != pending.hash
+                or len(ack.results) != pending.op_count
+            ):
+                raise RemoteProtocolError("the ack does not answer the batch we sent", code="wrong_ack")
+            self.status.clock_skew_ms = ack.at - self._now_ms()
+            counts = await self.store.write(apply_ack(ack, self._now_ms()))
+            self.status.batches_acked += 1
+            self.status.ops_acked += counts["applied"]
+            self.status.ops_refused += counts["refused"]
+            sent += 1
+            if counts["refused"]:
+                log.warning("batch %d: the cloud refused %d ops", ack.seq, counts["refused"])
+
+    async def pull(self) -> None:
+        """Fetch changes since our cursor until the cloud has no more."""
+        while True:
+            cursor = self.store.meta("cursor", 0)
+            nonce = os.urandom(16)
+            request = Pull(
+                store_id=self.identity.store_id,
+                key_id=self.identity.key_id,
+                cursor=cursor,
+                nonce=nonce,
+                at=self._now_ms(),
+                limit=PULL_LIMIT,
+            )
+            envelope = seal(MessageType.PULL, encode_pull(request), self.identity.private_key, self.identity.key_id)
+            downlink = open_downlink(await self.client.post_envelope("/v1/pull", envelope), self.cloud_key)
+            if downlink.nonce != nonce or downlink.store_id != self.identity.store_id:
+                raise RemoteProtocolError("the downlink does not answer our pull", code="wrong_downlink")
+            applied = await self.store.write(apply_downlink(downlink, self._now_ms()))
+            if not applied or not downlink.more:
+                return
