@@ -149,7 +149,8 @@ async def serve(config: EdgeConfig, *, on_ready: Callable[[str], None] | None = 
     sock = bind_socket(config.host, config.port)
     port = sock.getsockname()[1]
     app = build_app(config, port=port)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=10.0)
+    # No access log: its lines would carry phone numbers and emails from query strings.
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=10.0, access_log=None)
     await runner.setup()
     site = web.SockSite(runner, sock)
     await site.start()
