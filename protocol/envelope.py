@@ -98,7 +98,7 @@ def safe_unpackb(data: bytes, *, max_len: int, what: str) -> Any:
             max_ext_len=0,
             timestamp=0,
         )
-    except Exception as exc:  # noqa: BLE001 - the decoder's error zoo is the boundary
+    except Exception as exc:
         raise RemoteProtocolError(f"{what} is not valid msgpack: {exc}", code="bad_encoding") from exc
 
 

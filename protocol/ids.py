@@ -30,7 +30,7 @@ def uuid7(now_ms: int, randbytes: Callable[[int], bytes] = os.urandom) -> str:
 
 def is_uuid(value: object) -> bool:
     """True for a lower-case canonical UUID string (any version)."""
-    return isinstance(value, str) and _UUID_RE.match(value) is not None
+    return isinstance(value, str) and _UUID_RE.fullmatch(value) is not None
 
 
 def is_uuid7(value: object) -> bool:

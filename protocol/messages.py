@@ -40,7 +40,7 @@ T = TypeVar("T")
 
 
 def check_slug(name: str, value: str) -> None:
-    if not _SLUG_RE.match(value):
+    if not _SLUG_RE.fullmatch(value):
         raise LocalProtocolError(
             f"{name} must be 1-63 lower-case letters, digits or dashes", code="invalid_id", field=name
         )
@@ -208,7 +208,7 @@ class Downlink:
         check_slug("store_id", self.store_id)
         _check_bytes("nonce", self.nonce, NONCE_LEN)
         check_range("from_cursor", self.from_cursor, 0, 2**62)
-        check_range("to_cursor", self.from_cursor, self.from_cursor, 2**62)
+        check_range("to_cursor", self.to_cursor, self.from_cursor, 2**62)
         _check_time("at", self.at)
         if len(self.customers) > MAX_DOWNLINK_CUSTOMERS:
             raise LocalProtocolError("too many customers", code="out_of_range", field="customers")

@@ -282,7 +282,7 @@ def op_from_wire(obj: object) -> Op:
     names = {f.name for f in dataclasses.fields(cls)}
     keys = set(obj) - {"kind"}
     if keys != names:
-        extra, missing = sorted(keys - names), sorted(names - keys)
+        extra, missing = sorted(map(str, keys - names)), sorted(names - keys)
         raise RemoteProtocolError(
             f"{kind} op fields differ: unexpected {extra}, missing {missing}",
             code="bad_op",

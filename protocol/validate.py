@@ -39,7 +39,7 @@ def _matches(value: object, hint: Any) -> bool:
             return False
         if len(args) == 2 and args[1] is Ellipsis:
             return all(_matches(item, args[0]) for item in value)
-        return len(args) == len(value) and all(_matches(v, a) for v, a in zip(value, args))
+        return len(args) == len(value) and all(_matches(v, a) for v, a in zip(value, args, strict=True))
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
     if hint is bool:
@@ -55,7 +55,7 @@ def _matches(value: object, hint: Any) -> bool:
 
 def check_types(obj: object) -> None:
     """Raise LocalProtocolError naming the first field whose type is wrong."""
-    hints = _hints(type(obj))
+    hints = _hints(typing.cast(type, type(obj)))
     for f in dataclasses.fields(obj):  # type: ignore[arg-type]
         value = getattr(obj, f.name)
         if not _matches(value, hints[f.name]):

@@ -16,7 +16,16 @@ from edge.appkeys import STORE
 from edge.config import EdgeConfig
 from edge.terminals import revoke_terminal
 
-from .edgekit import Terminal, install_program, make_edge_config, outbox_count, pair, running_edge, set_confirmed, with_conn
+from .edgekit import (
+    Terminal,
+    install_program,
+    make_edge_config,
+    outbox_count,
+    pair,
+    running_edge,
+    set_confirmed,
+    with_conn,
+)
 
 
 @pytest.fixture

@@ -1,0 +1,103 @@
+"""The cloud's aiohttp application: one cleanup_ctx block per resource.
+
+``make_app`` takes an already loaded cloud key (so a bad key fails before
+anything listens) and opens the ledger when the app starts. ``serve`` binds,
+prints ``listening on http://HOST:PORT`` (the real port, also for port 0) and
+leaves SIGTERM/SIGINT to ``web.run_app``, which stops accepting, lets
+in-flight requests finish, then runs the cleanups (closing the database).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from .api import CLOCK, CLOUD_KEY, MAX_BATCH_BYTES, SERVICE, STORAGE, add_routes, error_middleware
+from .keys import CloudKey
+from .service import SyncService
+from .sqlite_storage import SQLiteStorage
+from .storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def make_app(
+    db_path: Path,
+    cloud_key: CloudKey,
+    *,
+    clock: Callable[[], int] = wall_clock_ms,
+    storage_factory: Callable[[Path], Storage] = SQLiteStorage,
+) -> web.Application:
+    # The envelope bound plus room for headers' worth of slack; read_body enforces the exact limits.
+    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BATCH_BYTES + 1024)
+    app[CLOUD_KEY] = cloud_key
+    app[CLOCK] = clock
+
+    async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
+        storage = storage_factory(db_path)
+        await storage.open(app[CLOCK]())
+        app[STORAGE] = storage
+        log.info("ledger %s open", db_path)
+        try:
+            yield
+        finally:
+            await storage.close()
+            log.info("ledger %s closed", db_path)
+
+    async def service_ctx(app: web.Application) -> AsyncIterator[None]:
+        app[SERVICE] = SyncService(app[STORAGE], app[CLOUD_KEY], app[CLOCK])
+        yield
+
+    app.cleanup_ctx.append(storage_ctx)
+    app.cleanup_ctx.append(service_ctx)
+    add_routes(app)
+    return app
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket; binding here (not in run_app) tells us the port when 0 was asked."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, type_, proto, _, addr = infos[0]
+    sock = socket.socket(family, type_, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def serve(
+    app: web.Application,
+    sock: socket.socket,
+    *,
+    on_listening: Callable[[str], None],
+    shutdown_timeout: float = 10.0,
+) -> None:
+    """Run until SIGTERM/SIGINT; ``on_listening(url)`` once the ledger is open."""
+    url = url_of(sock)
+
+    async def announce(app: web.Application) -> None:
+        # on_startup runs after the cleanup_ctx blocks: the ledger is open by now.
+        log.info("listening on %s", url)
+        on_listening(url)
+
+    app.on_startup.append(announce)
+    web.run_app(app, sock=sock, print=None, shutdown_timeout=shutdown_timeout, handle_signals=True)

@@ -1,0 +1,280 @@
+"""``loyalty-cloud``: set up and run the cloud ledger.
+
+Exit codes: 0 ok; 2 bad arguments or operator input (nothing changed);
+1 the database or the system failed (or ``audit`` found a mismatch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .app import bind, make_app, serve, url_of, wall_clock_ms
+from .checks import check_id, check_name, check_program, parse_public_key_hex
+from .config import DataDir
+from .errors import ConfigError, StoreError
+from .keys import CloudKey, load_key, load_or_create_key
+from .sqlite_storage import SQLiteStorage
+
+PROG = "loyalty-cloud"
+T = TypeVar("T")
+
+
+class _Fail(Exception):
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _out(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _with_storage(data: DataDir, action: Callable[[SQLiteStorage], Awaitable[T]]) -> T:
+    async def run() -> T:
+        storage = SQLiteStorage(data.db_file)
+        await storage.open(wall_clock_ms())
+        try:
+            return await action(storage)
+        finally:
+            await storage.close()
+
+    return asyncio.run(run())
+
+
+def _print_key(key: CloudKey, as_json: bool, **extra: Any) -> None:
+    if as_json:
+        _out(json.dumps({"key_id": key.key_id, "public_key": key.public_hex, **extra}))
+    else:
+        _out(f"{key.key_id} {key.public_hex}")
+
+
+# ---- commands
+
+
+def cmd_init(args: argparse.Namespace, data: DataDir) -> int:
+    data.create()
+    key, created = load_or_create_key(data.key_file)
+    _with_storage(data, lambda s: s.applied_migrations())
+    _print_key(key, args.json, created=created, data=str(data.path))
+    return 0
+
+
+def cmd_public_key(args: argparse.Namespace, data: DataDir) -> int:
+    data.require_initialised()
+    _print_key(load_key(data.key_file), args.json)
+    return 0
+
+
+def cmd_brand_add(args: argparse.Namespace, data: DataDir) -> int:
+    check_id("brand_id", args.brand_id)
+    check_name(args.name)
+    data.require_initialised()
+    brand = _with_storage(data, lambda s: s.add_brand(args.brand_id, args.name, wall_clock_ms()))
+    _out(f"brand {brand.brand_id} added: {brand.name}")
+    return 0
+
+
+def cmd_brand_list(args: argparse.Namespace, data: DataDir) -> int:
+    data.require_initialised()
+    for brand in _with_storage(data, lambda s: s.list_brands()):
+        _out(json.dumps(dataclasses.asdict(brand)))
+    return 0
+
+
+def cmd_program_set(args: argparse.Namespace, data: DataDir) -> int:
+    check_id("brand_id", args.brand_id)
+    check_program(args.brand_id, 1, args.name, args.points_per_unit, args.unit_amount)
+    data.require_initialised()
+    program = _with_storage(
+        data,
+        lambda s: s.set_program(args.brand_id, args.name, args.points_per_unit, args.unit_amount, wall_clock_ms()),
+    )
+    _out(
+        f"program {program.brand_id} v{program.version}: {program.name},"
+        f" {program.points_per_unit} points per {program.unit_amount}"
+    )
+    return 0
+
+
+def cmd_store_add(args: argparse.Namespace, data: DataDir) -> int:
+    check_id("store_id", args.store_id)
+    check_id("brand_id", args.brand)
+    raw = parse_public_key_hex(args.public_key)
+    data.require_initialised()
+    key = _with_storage(data, lambda s: s.add_store(args.store_id, args.brand, raw, wall_clock_ms()))
+    _out(f"store {key.store_id} ({key.brand_id}) key {key.key_id}")
+    return 0
+
+
+def cmd_store_add_key(args: argparse.Namespace, data: DataDir) -> int:
+    check_id("store_id", args.store_id)
+    raw = parse_public_key_hex(args.public_key)
+    data.require_initialised()
+    key = _with_storage(data, lambda s: s.add_store_key(args.store_id, raw, wall_clock_ms()))
+    _out(f"store {key.store_id} key {key.key_id}")
+    return 0
+
+
+def cmd_store_revoke_key(args: argparse.Namespace, data: DataDir) -> int:
+    data.require_initialised()
+    key = _with_storage(data, lambda s: s.revoke_key(args.key_id, wall_clock_ms()))
+    _out(f"key {key.key_id} of store {key.store_id} revoked at {key.revoked_at}")
+    return 0
+
+
+def cmd_store_list(args: argparse.Namespace, data: DataDir) -> int:
+    data.require_initialised()
+    for store in _with_storage(data, lambda s: s.list_stores()):
+        if args.json:
+            row = dataclasses.asdict(store)
+            row["last_hash"] = store.last_hash.hex()
+            row["key_ids"] = list(store.key_ids)
+            _out(json.dumps(row))
+        else:
+            _out(f"{store.store_id}\t{store.brand_id}\tseq={store.last_seq}\t{','.join(store.key_ids)}")
+    return 0
+
+
+def cmd_conflicts(args: argparse.Namespace, data: DataDir) -> int:
+    data.require_initialised()
+    for conflict in _with_storage(data, lambda s: s.list_conflicts(args.store)):
+        _out(json.dumps(dataclasses.asdict(conflict)))
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace, data: DataDir) -> int:
+    data.require_initialised()
+    mismatches = _with_storage(data, lambda s: s.audit_balances())
+    for m in mismatches:
+        _out(json.dumps(dataclasses.asdict(m)))
+    if mismatches:
+        raise _Fail(f"{len(mismatches)} balances differ from their ledger entries", 1)
+    _out("ok: every balance equals the sum of its ledger entries")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, data: DataDir) -> int:
+    data.require_initialised()
+    key = load_key(data.key_file)
+    try:
+        sock = bind(args.host, args.port)
+    except OSError as exc:
+        raise _Fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", 1) from exc
+    logging.getLogger(__name__).info("cloud key %s, data %s, %s", key.key_id, data.path, url_of(sock))
+    serve(
+        make_app(data.db_file, key),
+        sock,
+        on_listening=lambda url: _out(f"listening on {url}"),
+        shutdown_timeout=args.shutdown_timeout,
+    )
+    return 0
+
+
+# ---- argument parsing
+
+
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError("port must be 0..65535")
+    return port
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data", required=True, type=Path, metavar="DIR", help="data directory")
+    common.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+    parser = argparse.ArgumentParser(prog=PROG, description="Loyalty Edge cloud ledger")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("init", parents=[common], help="create the data directory, key and database")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("public-key", parents=[common], help="print the cloud key id and public key")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_public_key)
+
+    brand = sub.add_parser("brand", help="brands").add_subparsers(dest="action", required=True)
+    p = brand.add_parser("add", parents=[common])
+    p.add_argument("brand_id")
+    p.add_argument("--name", required=True)
+    p.set_defaults(func=cmd_brand_add)
+    p = brand.add_parser("list", parents=[common])
+    p.set_defaults(func=cmd_brand_list)
+
+    program = sub.add_parser("program", help="loyalty programs").add_subparsers(
+        dest="action", required=True
+    )
+    p = program.add_parser("set", parents=[common], help="set a brand's program (bumps its version)")
+    p.add_argument("brand_id")
+    p.add_argument("--name", required=True)
+    p.add_argument("--points-per-unit", type=int, required=True)
+    p.add_argument("--unit-amount", type=int, required=True, help="minor units per earning unit")
+    p.set_defaults(func=cmd_program_set)
+
+    store = sub.add_parser("store", help="stores and their keys").add_subparsers(
+        dest="action", required=True
+    )
+    p = store.add_parser("add", parents=[common], help="register a store and its Ed25519 public key")
+    p.add_argument("store_id")
+    p.add_argument("--brand", required=True)
+    p.add_argument("--public-key", required=True, metavar="HEX")
+    p.set_defaults(func=cmd_store_add)
+    p = store.add_parser("add-key", parents=[common], help="register another key for a store")
+    p.add_argument("store_id")
+    p.add_argument("--public-key", required=True, metavar="HEX")
+    p.set_defaults(func=cmd_store_add_key)
+    p = store.add_parser("revoke-key", parents=[common], help="refuse everything signed by a key")
+    p.add_argument("key_id")
+    p.set_defaults(func=cmd_store_revoke_key)
+    p = store.add_parser("list", parents=[common])
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_store_list)
+
+    p = sub.add_parser("conflicts", parents=[common], help="refused debits, as JSON lines")
+    p.add_argument("--store", default=None)
+    p.set_defaults(func=cmd_conflicts)
+
+    p = sub.add_parser("audit", parents=[common], help="check every balance against its ledger entries")
+    p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("serve", parents=[common], help="run the HTTP service")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=_port, default=8600)
+    p.add_argument("--shutdown-timeout", type=float, default=10.0)
+    p.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = "INFO" if args.command == "serve" and args.log_level == "WARNING" else args.log_level
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    func: Callable[[argparse.Namespace, DataDir], int] = args.func
+    try:
+        return func(args, DataDir(args.data))
+    except ConfigError as exc:
+        field = f" ({exc.field})" if exc.field else ""
+        sys.stderr.write(f"{PROG}: error{field}: {exc.message}\n")
+        return 2
+    except _Fail as exc:
+        sys.stderr.write(f"{PROG}: error: {exc}\n")
+        return exc.status
+    except StoreError as exc:
+        sys.stderr.write(f"{PROG}: database error: {exc}\n")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

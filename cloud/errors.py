@@ -1,0 +1,70 @@
+"""The cloud's own exceptions.
+
+Storage drivers raise ``StoreError`` (translated from sqlite3/aiosqlite or
+asyncpg with ``raise ... from``); request handling raises ``HttpError`` with
+everything the HTTP boundary needs to answer in the one JSON error shape.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class CloudError(Exception):
+    """Base class of everything the cloud package raises on purpose."""
+
+
+class StoreError(CloudError):
+    """The database failed or holds something this code cannot work with."""
+
+
+class ConfigError(CloudError):
+    """Bad operator input (CLI arguments, data directory, key file)."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class KeyFileError(ConfigError):
+    """The cloud key file is missing, malformed or readable by others."""
+
+
+class NotFound(ConfigError):
+    """A brand, store or key named by the operator does not exist."""
+
+
+class AlreadyExists(ConfigError):
+    """A brand, store or key named by the operator already exists."""
+
+
+class HttpError(CloudError):
+    """A request refused with a status, a machine code and a human message.
+
+    ``extra`` lands inside the ``error`` object next to code/message/field
+    (e.g. ``{"expected": 8}`` for a sequence gap).
+    """
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        field: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+        self.extra = dict(extra or {})
+
+    def to_json(self) -> dict[str, Any]:
+        error: dict[str, Any] = {**self.extra, "code": self.code, "message": self.message, "field": self.field}
+        return {"error": error}
+
+    def __repr__(self) -> str:
+        return f"HttpError({self.status}, {self.code!r}, {self.message!r}, field={self.field!r})"

@@ -1,0 +1,193 @@
+"""Plain records shared by the storage backends and the pure reconciler.
+
+Rows are frozen dataclasses with no behaviour: a backend fills them from its
+own dialect and the reconciler reads them, so neither knows about the other.
+Times are integer milliseconds since the epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from protocol import Balance, OpResult, Program
+
+
+@dataclass(frozen=True, slots=True)
+class BrandRecord:
+    brand_id: str
+    name: str
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """A store's signing key, with the store and brand it speaks for."""
+
+    key_id: str
+    store_id: str
+    brand_id: str
+    public_key: bytes
+    created_at: int
+    revoked_at: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreRecord:
+    store_id: str
+    brand_id: str
+    last_seq: int
+    last_hash: bytes
+    created_at: int
+    key_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ChainHead:
+    """The last batch applied for a store (seq 0 and GENESIS_HASH before any)."""
+
+    store_id: str
+    brand_id: str
+    last_seq: int
+    last_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBatch:
+    store_id: str
+    seq: int
+    hash: bytes
+    ack: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerState:
+    customer_id: str
+    brand_id: str
+    name: str
+    phone: str | None
+    email: str | None
+    card_code: str | None
+    consent: str  # JSON text, written once at enrollment
+    balance: int
+    version: int
+    enrolled_store: str
+    created_at: int
+    updated_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class SaleState:
+    """What the cloud applied on one sale of one store."""
+
+    store_id: str
+    sale_id: str
+    customer_id: str
+    earned: int
+    redeemed: int
+    voided_by: str | None
+    voided_at: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class OpRecord:
+    """One op's final result, kept forever so that a resent op is never re-applied."""
+
+    op_id: str
+    digest: bytes
+    store_id: str
+    seq: int
+    kind: str
+    terminal_id: str
+    customer_id: str
+    status: str
+    code: str | None
+    points: int
+    program_version: int | None
+    note: str | None
+    at: int
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    customer_id: str
+    op_id: str
+    store_id: str
+    sale_id: str | None
+    kind: str
+    points: int
+    at: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConflictRecord:
+    """A debit the cloud refused because the confirmed balance could not cover it."""
+
+    store_id: str
+    terminal_id: str
+    customer_id: str
+    op_id: str
+    kind: str
+    points_requested: int
+    balance_available: int
+    at: int
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerState:
+    """Everything a batch's ops can read, loaded in a few set-based queries."""
+
+    program_version: int | None
+    counter: int
+    customers: Mapping[str, CustomerState]  # by customer_id, any brand
+    sales: Mapping[str, SaleState]  # by sale_id, this store only
+    ops: Mapping[str, OpRecord]  # by op_id, ops already applied or refused
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    """What applying a batch decided: the answers and every row to write."""
+
+    results: tuple[OpResult, ...]
+    balances: tuple[Balance, ...]
+    ops: tuple[OpRecord, ...]
+    customers: tuple[CustomerState, ...]  # inserted or changed, final state
+    sales: tuple[SaleState, ...]  # inserted or changed, final state
+    entries: tuple[LedgerEntry, ...]
+    conflicts: tuple[ConflictRecord, ...]
+    counter: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchCommit:
+    """A batch to store with its outcome and the sealed ack that answers it."""
+
+    store_id: str
+    seq: int
+    prev_seq: int
+    hash: bytes
+    body: bytes
+    ack: bytes
+    at: int
+    received_at: int
+    outcome: BatchOutcome
+
+
+@dataclass(frozen=True, slots=True)
+class DownlinkPage:
+    """Customers changed after a cursor plus the counter and program, one snapshot."""
+
+    customers: tuple[CustomerState, ...]
+    counter: int
+    program: Program | None
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceMismatch:
+    """A customer whose balance is not the sum of their ledger entries."""
+
+    customer_id: str
+    balance: int
+    entries_total: int

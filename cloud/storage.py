@@ -1,0 +1,92 @@
+"""The narrow storage interface the reconciler, the API and the CLI use.
+
+A backend (SQLite now, PostgreSQL later) implements ``Storage``. Batches are
+applied inside ``batch_tx()``: one write transaction that reads the store's
+chain head, loads the batch's state set-based, and writes every row of the
+outcome in bulk. Everything dialect-specific stays in the backend module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
+
+from protocol import Program
+
+from .model import (
+    BalanceMismatch,
+    BatchCommit,
+    BrandRecord,
+    ChainHead,
+    ConflictRecord,
+    DownlinkPage,
+    KeyRecord,
+    LedgerState,
+    StoredBatch,
+    StoreRecord,
+)
+
+
+class LedgerTx(Protocol):
+    """A write transaction on the ledger; commits when its context exits cleanly."""
+
+    async def chain_head(self, store_id: str) -> ChainHead | None: ...
+
+    async def stored_batch(self, store_id: str, seq: int) -> StoredBatch | None: ...
+
+    async def load_state(
+        self,
+        *,
+        brand_id: str,
+        store_id: str,
+        op_ids: Sequence[str],
+        customer_ids: Sequence[str],
+        sale_ids: Sequence[str],
+    ) -> LedgerState: ...
+
+    async def save_batch(self, commit: BatchCommit) -> None: ...
+
+
+class Storage(Protocol):
+    async def open(self, now: int) -> None:
+        """Connect and apply pending migrations (recorded as applied at ``now``)."""
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise StoreError unless the database answers a trivial read."""
+
+    def batch_tx(self) -> AbstractAsyncContextManager[LedgerTx]:
+        """The single-writer transaction a batch is applied in."""
+        ...
+
+    # ---- reads
+    async def find_key(self, key_id: str) -> KeyRecord | None: ...
+
+    async def downlink_page(self, brand_id: str, cursor: int, limit: int) -> DownlinkPage: ...
+
+    async def current_program(self, brand_id: str) -> Program | None: ...
+
+    async def list_brands(self) -> list[BrandRecord]: ...
+
+    async def list_stores(self) -> list[StoreRecord]: ...
+
+    async def list_conflicts(self, store_id: str | None = None) -> list[ConflictRecord]: ...
+
+    async def audit_balances(self) -> list[BalanceMismatch]: ...
+
+    async def applied_migrations(self) -> list[tuple[str, int]]: ...
+
+    # ---- administration (each one transaction; raises ConfigError subclasses)
+    async def add_brand(self, brand_id: str, name: str, now: int) -> BrandRecord: ...
+
+    async def set_program(
+        self, brand_id: str, name: str, points_per_unit: int, unit_amount: int, now: int
+    ) -> Program: ...
+
+    async def add_store(self, store_id: str, brand_id: str, public_key: bytes, now: int) -> KeyRecord: ...
+
+    async def add_store_key(self, store_id: str, public_key: bytes, now: int) -> KeyRecord: ...
+
+    async def revoke_key(self, key_id: str, now: int) -> KeyRecord: ...

@@ -1,0 +1,249 @@
+"""Helpers for the cloud tests: a seeded ledger behind a real aiohttp server,
+store signers that build real signed batches and pulls, op builders, and a
+raw snapshot of every ledger table (read with plain sqlite3, not through the
+code under test) to prove that a refused request changed nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp.test_utils import TestClient, TestServer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from cloud.api import MSGPACK, STORAGE
+from cloud.app import make_app
+from cloud.keys import CloudKey, create_key
+from cloud.sqlite_storage import SQLiteStorage
+from protocol import (
+    GENESIS_HASH,
+    Ack,
+    Adjust,
+    Batch,
+    Consent,
+    Downlink,
+    Earn,
+    Enroll,
+    MessageType,
+    Op,
+    Pull,
+    Redeem,
+    UpdateProfile,
+    Void,
+    encode_pull,
+    key_id_for,
+    open_ack,
+    open_downlink,
+    public_bytes,
+    seal,
+    seal_batch,
+    uuid7,
+)
+
+BRAND = "acme"
+OTHER_BRAND = "zeta"
+TABLES = (
+    "brands", "programs", "stores", "store_keys", "customers", "sales", "ops",
+    "ledger_entries", "conflicts", "batches", "counters",
+)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Clock:
+    """The cloud's clock in tests: wall time plus an adjustable offset."""
+
+    def __init__(self) -> None:
+        self.offset = 0
+
+    def __call__(self) -> int:
+        return now_ms() + self.offset
+
+
+def new_id() -> str:
+    return uuid7(now_ms())
+
+
+def any_uuid() -> str:
+    return str(uuid.uuid4())
+
+
+TERMINAL = any_uuid()
+
+
+def enroll(customer_id: str | None = None, *, name: str = "Ada", phone: str | None = "+33600000000",
+           op_id: str | None = None) -> Enroll:
+    at = now_ms()
+    return Enroll(
+        op_id=op_id or new_id(), at=at, terminal_id=TERMINAL, customer_id=customer_id or any_uuid(),
+        name=name, phone=phone, email=None, card_code=None,
+        consent=Consent(True, ("phone",), "pos", "staff-1", at),
+    )
+
+
+def update(customer_id: str, **fields: Any) -> UpdateProfile:
+    values: dict[str, Any] = {"name": None, "phone": None, "email": None, "card_code": None, "clear": ()}
+    values.update(fields)
+    return UpdateProfile(op_id=new_id(), at=now_ms(), terminal_id=TERMINAL, customer_id=customer_id, **values)
+
+
+def earn(customer_id: str, sale_id: str, points: int, *, program_version: int = 1,
+         op_id: str | None = None, amount: int = 1000) -> Earn:
+    return Earn(op_id=op_id or new_id(), at=now_ms(), terminal_id=TERMINAL, customer_id=customer_id,
+                sale_id=sale_id, amount=amount, points=points, program_version=program_version)
+
+
+def redeem(customer_id: str, sale_id: str, points: int, *, program_version: int = 1,
+           op_id: str | None = None) -> Redeem:
+    return Redeem(op_id=op_id or new_id(), at=now_ms(), terminal_id=TERMINAL, customer_id=customer_id,
+                  sale_id=sale_id, points=points, program_version=program_version)
+
+
+def void(customer_id: str, sale_id: str, reversed_points: int, returned_points: int) -> Void:
+    return Void(op_id=new_id(), at=now_ms(), terminal_id=TERMINAL, customer_id=customer_id,
+                sale_id=sale_id, reversed_points=reversed_points, returned_points=returned_points)
+
+
+def adjust(customer_id: str, points: int) -> Adjust:
+    return Adjust(op_id=new_id(), at=now_ms(), terminal_id=TERMINAL, customer_id=customer_id,
+                  points=points, reason="goodwill", actor="manager")
+
+
+@dataclass
+class StoreSigner:
+    """An edge's signing side: its key, and its sequence and hash chain."""
+
+    store_id: str
+    key: Ed25519PrivateKey = field(default_factory=Ed25519PrivateKey.generate)
+    node_id: str = field(default_factory=any_uuid)
+    seq: int = 0
+    prev_hash: bytes = GENESIS_HASH
+
+    @property
+    def key_id(self) -> str:
+        return key_id_for(self.key.public_key())
+
+    @property
+    def public_raw(self) -> bytes:
+        return public_bytes(self.key.public_key())
+
+    def batch(self, ops: Sequence[Op], *, seq: int | None = None, prev_hash: bytes | None = None,
+              store_id: str | None = None, key_id: str | None = None) -> tuple[bytes, bytes]:
+        """Sealed envelope and batch hash of the next batch, without advancing the chain."""
+        batch = Batch(
+            store_id=store_id or self.store_id, node_id=self.node_id, key_id=key_id or self.key_id,
+            seq=self.seq + 1 if seq is None else seq,
+            prev_hash=self.prev_hash if prev_hash is None else prev_hash,
+            at=now_ms(), ops=tuple(ops),
+        )
+        return seal_batch(batch, self.key)
+
+    def advance(self, batch_hash: bytes) -> None:
+        self.seq += 1
+        self.prev_hash = batch_hash
+
+    def pull(self, cursor: int = 0, limit: int = 100, *, at: int | None = None,
+             nonce: bytes | None = None, store_id: str | None = None) -> tuple[bytes, bytes]:
+        nonce = nonce or os.urandom(16)
+        pull = Pull(store_id or self.store_id, self.key_id, cursor, nonce, at or now_ms(), limit)
+        return seal(MessageType.PULL, encode_pull(pull), self.key, self.key_id), nonce
+
+
+@dataclass
+class Cloud:
+    """A running cloud: HTTP client, storage handle, key, clock and paths."""
+
+    client: TestClient[Any, Any]
+    storage: SQLiteStorage
+    key: CloudKey
+    clock: Clock
+    db_path: Path
+    stores: dict[str, StoreSigner]
+
+    async def post(self, path: str, data: bytes, **headers: str) -> tuple[int, bytes]:
+        resp = await self.client.post(path, data=data, headers={"Content-Type": MSGPACK, **headers})
+        return resp.status, await resp.read()
+
+    async def post_json_error(self, path: str, data: bytes) -> tuple[int, dict[str, Any]]:
+        resp = await self.client.post(path, data=data, headers={"Content-Type": MSGPACK})
+        assert resp.content_type == "application/json", await resp.text()
+        body: dict[str, Any] = await resp.json()
+        assert set(body) == {"error"}
+        assert {"code", "message", "field"} <= set(body["error"])
+        return resp.status, body["error"]
+
+    async def send(self, store: StoreSigner, ops: Sequence[Op]) -> tuple[Ack, bytes]:
+        """Send the store's next batch; it must be acknowledged. Returns (ack, raw envelope)."""
+        data, batch_hash = store.batch(ops)
+        status, body = await self.post("/v1/batches", data)
+        assert status == 200, body
+        store.advance(batch_hash)
+        return open_ack(body, self.key.public), body
+
+    async def pull(self, store: StoreSigner, cursor: int = 0, limit: int = 100) -> tuple[Downlink, bytes]:
+        data, nonce = store.pull(cursor, limit)
+        status, body = await self.post("/v1/pull", data)
+        assert status == 200, body
+        return open_downlink(body, self.key.public), nonce
+
+    def snapshot(self) -> dict[str, list[tuple[Any, ...]]]:
+        return db_snapshot(self.db_path)
+
+
+def db_snapshot(db_path: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every ledger table, read directly with sqlite3."""
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        return {t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in TABLES}
+    finally:
+        conn.close()
+
+
+def balances_in_db(db_path: Path) -> dict[str, int]:
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        return dict(conn.execute("SELECT customer_id, balance FROM customers").fetchall())
+    finally:
+        conn.close()
+
+
+async def seed(storage: SQLiteStorage, stores: dict[str, StoreSigner]) -> None:
+    """Brands acme (program v1: 1 point per 100) and zeta; stores a, b (acme) and z (zeta)."""
+    now = now_ms()
+    await storage.add_brand(BRAND, "Acme Coffee", now)
+    await storage.add_brand(OTHER_BRAND, "Zeta Books", now)
+    await storage.set_program(BRAND, "Acme Rewards", 1, 100, now)
+    for store_id, brand in (("store-a", BRAND), ("store-b", BRAND), ("store-z", OTHER_BRAND)):
+        signer = stores[store_id] = StoreSigner(store_id)
+        await storage.add_store(store_id, brand, signer.public_raw, now)
+
+
+@asynccontextmanager
+async def running_cloud(tmp_path: Path) -> AsyncIterator[Cloud]:
+    """A seeded cloud on 127.0.0.1 (random port) with a fresh data dir under tmp_path."""
+    data = tmp_path / "cloud"
+    data.mkdir(mode=0o700)
+    key = create_key(data / "cloud.key")
+    clock = Clock()
+    db_path = data / "cloud.sqlite3"
+    app = make_app(db_path, key, clock=clock)
+    client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1", port=0))
+    await client.start_server()
+    try:
+        storage = app[STORAGE]
+        assert isinstance(storage, SQLiteStorage)
+        stores: dict[str, StoreSigner] = {}
+        await seed(storage, stores)
+        yield Cloud(client, storage, key, clock, db_path, stores)
+    finally:
+        await client.close()

@@ -1,0 +1,164 @@
+"""``loyalty-cloud`` as operators run it: a real process per command."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from protocol import load_public_key, open_ack
+
+from . import cloudkit as k
+
+CLI = str(Path(sys.executable).with_name("loyalty-cloud"))
+
+
+def cli(*args: str | Path, expect: int = 0) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([CLI, *map(str, args)], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == expect, (proc.returncode, proc.stdout, proc.stderr)
+    return proc
+
+
+@pytest.fixture
+def cloud_data(tmp_path: Path) -> Path:
+    data = tmp_path / "data"
+    cli("init", "--data", data)
+    return data
+
+
+def test_init_creates_private_files_and_is_idempotent(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    first = cli("init", "--data", data, "--json")
+    info = json.loads(first.stdout)
+    assert info["created"] is True and info["key_id"].startswith("ed25519:")
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    assert stat.S_IMODE((data / "cloud.key").stat().st_mode) == 0o600
+    with sqlite3.connect(data / "cloud.sqlite3") as conn:
+        assert [r[0] for r in conn.execute("SELECT name FROM migrations")] == ["0001_ledger"]
+    again = cli("init", "--data", data)
+    assert again.stdout.split() == [info["key_id"], info["public_key"]]
+    assert cli("public-key", "--data", data).stdout.split() == [info["key_id"], info["public_key"]]
+    assert json.loads(cli("public-key", "--data", data, "--json").stdout) == {
+        "key_id": info["key_id"], "public_key": info["public_key"]}
+
+
+def test_a_loose_key_file_is_refused(cloud_data: Path) -> None:
+    os.chmod(cloud_data / "cloud.key", 0o644)
+    proc = cli("public-key", "--data", cloud_data, expect=2)
+    assert "0600" in proc.stderr and proc.stdout == ""
+    cli("init", "--data", cloud_data, expect=2)
+    assert stat.S_IMODE((cloud_data / "cloud.key").stat().st_mode) == 0o644  # reported, not silently fixed
+
+
+def test_brand_program_store_setup(cloud_data: Path) -> None:
+    signer = k.StoreSigner("store-a")
+    cli("brand", "add", "acme", "--name", "Acme Coffee", "--data", cloud_data)
+    cli("program", "set", "acme", "--name", "Acme Rewards", "--points-per-unit", "1", "--unit-amount", "100",
+        "--data", cloud_data)
+    out = cli("program", "set", "acme", "--name", "Double", "--points-per-unit", "2", "--unit-amount", "100",
+              "--data", cloud_data)
+    assert "v2" in out.stdout
+    out = cli("store", "add", "store-a", "--brand", "acme", "--public-key", signer.public_raw.hex(),
+              "--data", cloud_data)
+    assert signer.key_id in out.stdout
+    (row,) = [json.loads(line) for line in cli("store", "list", "--json", "--data", cloud_data).stdout.splitlines()]
+    assert (row["store_id"], row["brand_id"], row["last_seq"], row["key_ids"]) == ("store-a", "acme", 0,
+                                                                                   [signer.key_id])
+    with sqlite3.connect(cloud_data / "cloud.sqlite3") as conn:
+        programs = conn.execute("SELECT version, name, points_per_unit FROM programs ORDER BY version").fetchall()
+    assert programs == [(1, "Acme Rewards", 1), (2, "Double", 2)]
+    assert cli("conflicts", "--data", cloud_data).stdout == ""
+
+    before = k.db_snapshot(cloud_data / "cloud.sqlite3")
+    bad = [
+        ("program", "set", "acme", "--name", "X", "--points-per-unit", "-1", "--unit-amount", "100"),
+        ("program", "set", "acme", "--name", "X", "--points-per-unit", "1", "--unit-amount", "0"),
+        ("program", "set", "acme", "--name", "X", "--points-per-unit", "one", "--unit-amount", "100"),
+        ("program", "set", "nobody", "--name", "X", "--points-per-unit", "1", "--unit-amount", "100"),
+        ("brand", "add", "acme", "--name", "Again"),
+        ("brand", "add", "Not A Slug", "--name", "X"),
+        ("brand", "add", "other"),
+        ("store", "add", "store-b", "--brand", "acme", "--public-key", "zz"),
+        ("store", "add", "store-b", "--brand", "nobody", "--public-key", k.StoreSigner("b").public_raw.hex()),
+        ("store", "add", "store-b", "--brand", "acme", "--public-key", signer.public_raw.hex()),
+        ("store", "revoke-key", "ed25519:0000000000000000"),
+    ]
+    for args in bad:
+        proc = cli(*args, "--data", cloud_data, expect=2)
+        assert "error" in proc.stderr and proc.stdout == "", args
+    assert k.db_snapshot(cloud_data / "cloud.sqlite3") == before
+
+
+def test_commands_on_a_missing_data_dir_create_nothing(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    proc = cli("brand", "add", "acme", "--name", "Acme", "--data", missing, expect=2)
+    assert "init" in proc.stderr
+    cli("serve", "--data", missing, "--port", "0", expect=2)
+    assert not missing.exists()
+
+
+def test_serve_announces_its_port_answers_and_stops_on_sigterm(cloud_data: Path) -> None:
+    signer = k.StoreSigner("store-a")
+    cli("brand", "add", "acme", "--name", "Acme", "--data", cloud_data)
+    cli("store", "add", "store-a", "--brand", "acme", "--public-key", signer.public_raw.hex(), "--data", cloud_data)
+    key_id, public_hex = cli("public-key", "--data", cloud_data).stdout.split()
+
+    proc = subprocess.Popen([CLI, "serve", "--data", str(cloud_data), "--host", "127.0.0.1", "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(60, proc.kill)
+    watchdog.start()
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("listening on http://127.0.0.1:"), (line, proc.poll())
+        url = line.split()[-1]
+        assert not url.endswith(":0")
+        with urllib.request.urlopen(f"{url}/healthz", timeout=10) as resp:
+            health = json.load(resp)
+        assert health["status"] == "ok" and health["key_id"] == key_id
+
+        cid = k.any_uuid()
+        over = k.redeem(cid, "sale-1", 20)
+        data, batch_hash = signer.batch([k.enroll(cid), k.adjust(cid, 12), over])
+        request = urllib.request.Request(f"{url}/v1/batches", data=data, method="POST",
+                                         headers={"Content-Type": "application/x-msgpack"})
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            assert resp.headers["Content-Type"] == "application/x-msgpack"
+            ack = open_ack(resp.read(), load_public_key(bytes.fromhex(public_hex)))
+        assert ack.batch_hash == batch_hash and ack.balances[0].points == 12
+        assert [r.code for r in ack.results] == [None, None, "insufficient_balance"]
+
+        bad = urllib.request.Request(f"{url}/v1/batches", data=b"\xc1", method="POST",
+                                     headers={"Content-Type": "application/x-msgpack"})
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(bad, timeout=10)
+        with info.value as error:
+            assert error.code == 400 and json.load(error)["error"]["code"] == "bad_encoding"
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+    # what the server acknowledged is in the database after it stopped
+    assert k.balances_in_db(cloud_data / "cloud.sqlite3") == {cid: 12}
+    lines = cli("store", "list", "--data", cloud_data).stdout
+    assert "seq=1" in lines
+    (conflict,) = [json.loads(line) for line in cli("conflicts", "--data", cloud_data).stdout.splitlines()]
+    assert (conflict["op_id"], conflict["points_requested"], conflict["balance_available"]) == (over.op_id, 20, 12)
+    assert cli("audit", "--data", cloud_data).stdout.startswith("ok")

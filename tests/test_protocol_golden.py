@@ -1,0 +1,388 @@
+"""Golden vectors of the signed wire format, and the envelope's security properties.
+
+The hex literals below were generated once from the values built here and
+checked by eye: ``95`` (array of 5), ``01`` (version), the type string, the
+24-character key id, the body as msgpack bin, ``c440`` + 64 signature bytes;
+the bodies are maps that start with ``v=1``. Ed25519 signatures are
+deterministic, so the bytes are too. If a test here fails, the wire format
+changed: that breaks every deployed edge and must be a deliberate, versioned
+decision, never a side effect.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+import pytest
+
+from protocol import (
+    GENESIS_HASH,
+    Ack,
+    Balance,
+    Batch,
+    Consent,
+    CustomerRecord,
+    Downlink,
+    Earn,
+    Enroll,
+    LocalProtocolError,
+    MessageType,
+    OpResult,
+    OpStatus,
+    Program,
+    Pull,
+    Redeem,
+    RemoteProtocolError,
+    body_hash,
+    decode_ack,
+    decode_batch,
+    decode_downlink,
+    decode_pull,
+    encode_ack,
+    encode_batch,
+    encode_downlink,
+    encode_pull,
+    key_id_for,
+    open_ack,
+    open_downlink,
+    open_envelope,
+    private_key_from_seed,
+    public_bytes,
+    seal,
+    seal_batch,
+    uuid7,
+)
+from protocol.envelope import MAX_ENVELOPE_BYTES
+
+T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+KEY = private_key_from_seed(bytes(range(32)))
+OTHER_KEY = private_key_from_seed(bytes(range(32, 64)))
+KEY_ID = key_id_for(KEY.public_key())
+TERMINAL = "01234567-89ab-4cde-8f01-23456789abcd"
+CUSTOMER = "11111111-2222-4333-8444-555555555555"
+NODE = "0f0e0d0c-0b0a-4908-8706-050403020100"
+NONCE = bytes(range(16))
+
+
+def counting_randbytes() -> Callable[[int], bytes]:
+    counter = itertools.count()
+    return lambda n: bytes((next(counter) + i) % 256 for i in range(n))
+
+
+def build_messages() -> tuple[Batch, Ack, Pull, Downlink]:
+    randbytes = counting_randbytes()
+    ids = [uuid7(T0 + i, randbytes) for i in range(3)]
+    common: dict[str, Any] = {"terminal_id": TERMINAL, "customer_id": CUSTOMER}
+    ops = (
+        Enroll(
+            op_id=ids[0], at=T0, **common, name="Ana Lima", phone="+351912345678", email=None,
+            card_code=None,
+            consent=Consent(terms_accepted=True, channels=("phone",), source="pos", staff=None, at=T0),
+        ),
+        Earn(op_id=ids[1], at=T0 + 1, **common, sale_id="S-1", amount=1250, points=12, program_version=1),
+        Redeem(op_id=ids[2], at=T0 + 2, **common, sale_id="S-2", points=10, program_version=1),
+    )
+    batch = Batch(
+        store_id="store-1", node_id=NODE, key_id=KEY_ID, seq=1, prev_hash=GENESIS_HASH, at=T0 + 3, ops=ops
+    )
+    ack = Ack(
+        store_id="store-1",
+        seq=1,
+        batch_hash=body_hash(encode_batch(batch)),
+        at=T0 + 10,
+        results=(
+            OpResult(ids[0], OpStatus.APPLIED, None, 0),
+            OpResult(ids[1], OpStatus.APPLIED, None, 12),
+            OpResult(ids[2], OpStatus.REFUSED, "insufficient_points", 0),
+        ),
+        balances=(Balance(CUSTOMER, 12, 7),),
+    )
+    pull = Pull(store_id="store-1", key_id=KEY_ID, cursor=6, nonce=NONCE, at=T0 + 20, limit=500)
+    downlink = Downlink(
+        store_id="store-1",
+        nonce=NONCE,
+        from_cursor=6,
+        to_cursor=7,
+        more=False,
+        at=T0 + 21,
+        customers=(CustomerRecord(CUSTOMER, "Ana Lima", "+351912345678", None, None, 12, 7),),
+        program=Program("brand-1", 1, "Points", 1, 100),
+    )
+    return batch, ack, pull, downlink
+
+
+BATCH, ACK, PULL, DOWNLINK = build_messages()
+
+PUBLIC_KEY_HEX = "03a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8"
+BATCH_HASH_HEX = "1f3b31e4644737f62589def947dc3275258023e99cdd9f2a820636afecabca13"
+
+GOLDEN_BATCH = bytes.fromhex(  # 979 bytes
+    "9501a56261746368b8656432353531393a35363437356161373534363334373463c5036d88a17601a873746f72655f69"
+    "64a773746f72652d31a76e6f64655f6964d92430663065306430632d306230612d343930382d383730362d3035303430"
+    "33303230313030a66b65795f6964b8656432353531393a35363437356161373534363334373463a373657101a9707265"
+    "765f68617368c4200000000000000000000000000000000000000000000000000000000000000000a26174cf0000019b"
+    "76daa803a36f7073938aa46b696e64a6656e726f6c6ca56f705f6964d92430313962373664612d613830302d37303030"
+    "2d383430362d303830613063306531303132a26174cf0000019b76daa800ab7465726d696e616c5f6964d92430313233"
+    "343536372d383961622d346364652d386630312d323334353637383961626364ab637573746f6d65725f6964d9243131"
+    "3131313131312d323232322d343333332d383434342d353535353535353535353535a46e616d65a8416e61204c696d61"
+    "a570686f6e65ad2b333531393132333435363738a5656d61696cc0a9636172645f636f6465c0a7636f6e73656e7485ae"
+    "7465726d735f6163636570746564c3a86368616e6e656c7391a570686f6e65a6736f75726365a3706f73a57374616666"
+    "c0a26174cf0000019b76daa80089a46b696e64a46561726ea56f705f6964d92430313962373664612d613830312d3730"
+    "61302d386531302d313231343136313831613163a26174cf0000019b76daa801ab7465726d696e616c5f6964d9243031"
+    "3233343536372d383961622d346364652d386630312d323334353637383961626364ab637573746f6d65725f6964d924"
+    "31313131313131312d323232322d343333332d383434342d353535353535353535353535a773616c655f6964a3532d31"
+    "a6616d6f756e74cd04e2a6706f696e74730caf70726f6772616d5f76657273696f6e0188a46b696e64a672656465656d"
+    "a56f705f6964d92430313962373664612d613830322d373134312d393831612d316331653230323232343236a26174cf"
+    "0000019b76daa802ab7465726d696e616c5f6964d92430313233343536372d383961622d346364652d386630312d3233"
+    "34353637383961626364ab637573746f6d65725f6964d92431313131313131312d323232322d343333332d383434342d"
+    "353535353535353535353535a773616c655f6964a3532d32a6706f696e74730aaf70726f6772616d5f76657273696f6e"
+    "01c440af55d569b419c882bebb6939174c74e21f098748c86d0a495c2902b1addbdf3ad7c8bdbc9b7060888799e09b25"
+    "2e84a9fd84ae14983db60499309b3879fcda07"
+)
+GOLDEN_ACK = bytes.fromhex(  # 511 bytes
+    "9501a361636bb8656432353531393a35363437356161373534363334373463c5019b87a17601a873746f72655f6964a7"
+    "73746f72652d31a373657101aa62617463685f68617368c4201f3b31e4644737f62589def947dc3275258023e99cdd9f"
+    "2a820636afecabca13a26174cf0000019b76daa80aa7726573756c74739384a56f705f6964d92430313962373664612d"
+    "613830302d373030302d383430362d303830613063306531303132a6737461747573a76170706c696564a4636f6465c0"
+    "a6706f696e74730084a56f705f6964d92430313962373664612d613830312d373061302d386531302d31323134313631"
+    "3831613163a6737461747573a76170706c696564a4636f6465c0a6706f696e74730c84a56f705f6964d9243031396237"
+    "3664612d613830322d373134312d393831612d316331653230323232343236a6737461747573a772656675736564a463"
+    "6f6465b3696e73756666696369656e745f706f696e7473a6706f696e747300a862616c616e6365739183ab637573746f"
+    "6d65725f6964d92431313131313131312d323232322d343333332d383434342d353535353535353535353535a6706f69"
+    "6e74730ca776657273696f6e07c4405f47cae03aa5f66f4bda6403703558a4d2ca24fe8ab1b341a3a38a72b6a040a026"
+    "b9fcd0f098ad497affdb4fe10856e2910c52916e277afce6d5d3f8cebe3c0d"
+)
+GOLDEN_PULL = bytes.fromhex(  # 206 bytes
+    "9501a470756c6cb8656432353531393a35363437356161373534363334373463c46a87a17601a873746f72655f6964a7"
+    "73746f72652d31a66b65795f6964b8656432353531393a35363437356161373534363334373463a6637572736f7206a5"
+    "6e6f6e6365c410000102030405060708090a0b0c0d0e0fa26174cf0000019b76daa814a56c696d6974cd01f4c4406197"
+    "08d66230fbf7b3c4bafd65b61b93ac84c6562b940c6ae952f30b56d4c29d201979f517fce6a2344ba8a41109c9d4e3ac"
+    "6a07051c5696d80745fd3b95a500"
+)
+GOLDEN_DOWNLINK = bytes.fromhex(  # 401 bytes
+    "9501a8646f776e6c696e6bb8656432353531393a35363437356161373534363334373463c5012889a17601a873746f72"
+    "655f6964a773746f72652d31a56e6f6e6365c410000102030405060708090a0b0c0d0e0fab66726f6d5f637572736f72"
+    "06a9746f5f637572736f7207a46d6f7265c2a26174cf0000019b76daa815a9637573746f6d6572739187ab637573746f"
+    "6d65725f6964d92431313131313131312d323232322d343333332d383434342d353535353535353535353535a46e616d"
+    "65a8416e61204c696d61a570686f6e65ad2b333531393132333435363738a5656d61696cc0a9636172645f636f6465c0"
+    "a762616c616e63650ca776657273696f6e07a770726f6772616d85a86272616e645f6964a76272616e642d31a7766572"
+    "73696f6e01a46e616d65a6506f696e7473af706f696e74735f7065725f756e697401ab756e69745f616d6f756e7464c4"
+    "4016a7461cb90c6ca1a30d213661c57f27a7e973470cb44a2d0d40dab2b27ad59185705a2bfb5144896aa6215a5fc7ee"
+    "900fdc2451f9c1a38f03d441a463ed1e06"
+)
+
+DECODERS: dict[MessageType, Callable[[bytes], object]] = {
+    MessageType.BATCH: decode_batch,
+    MessageType.ACK: decode_ack,
+    MessageType.PULL: decode_pull,
+    MessageType.DOWNLINK: decode_downlink,
+}
+ENCODERS: dict[MessageType, Callable[[Any], bytes]] = {
+    MessageType.BATCH: encode_batch,
+    MessageType.ACK: encode_ack,
+    MessageType.PULL: encode_pull,
+    MessageType.DOWNLINK: encode_downlink,
+}
+CASES = [
+    pytest.param(MessageType.BATCH, BATCH, GOLDEN_BATCH, id="batch"),
+    pytest.param(MessageType.ACK, ACK, GOLDEN_ACK, id="ack"),
+    pytest.param(MessageType.PULL, PULL, GOLDEN_PULL, id="pull"),
+    pytest.param(MessageType.DOWNLINK, DOWNLINK, GOLDEN_DOWNLINK, id="downlink"),
+]
+
+
+def test_fixed_key() -> None:
+    assert public_bytes(KEY.public_key()).hex() == PUBLIC_KEY_HEX
+    assert KEY_ID == "ed25519:56475aa75463474c"
+
+
+def test_golden_batch_via_seal_batch() -> None:
+    envelope, batch_hash = seal_batch(BATCH, KEY)
+    assert envelope.hex() == GOLDEN_BATCH.hex()
+    assert batch_hash.hex() == BATCH_HASH_HEX
+    assert ACK.batch_hash == batch_hash
+
+
+@pytest.mark.parametrize(("type_", "message", "golden"), CASES)
+def test_golden_envelope_bytes(type_: MessageType, message: object, golden: bytes) -> None:
+    # comparing hex gives a readable diff when the format drifts
+    assert seal(type_, ENCODERS[type_](message), KEY, KEY_ID).hex() == golden.hex()
+
+
+@pytest.mark.parametrize(("type_", "message", "golden"), CASES)
+def test_golden_envelope_decodes_to_the_equal_object(
+    type_: MessageType, message: object, golden: bytes
+) -> None:
+    envelope = open_envelope(golden, type_)
+    assert envelope.type is type_
+    assert envelope.key_id == KEY_ID
+    body = envelope.verify(KEY.public_key())
+    assert DECODERS[type_](body) == message
+
+
+def test_open_ack_and_open_downlink() -> None:
+    assert open_ack(GOLDEN_ACK, KEY.public_key()) == ACK
+    assert open_downlink(GOLDEN_DOWNLINK, KEY.public_key()) == DOWNLINK
+
+
+# ------------------------------------------------------------- signatures
+
+
+def relabel(data: bytes, new_type: str) -> bytes:
+    version, _, key_id, body, signature = msgpack.unpackb(data, raw=False)
+    packed: bytes = msgpack.packb([version, new_type, key_id, body, signature], use_bin_type=True)
+    return packed
+
+
+@pytest.mark.parametrize(
+    ("golden", "source", "target"),
+    [
+        (GOLDEN_BATCH, MessageType.BATCH, MessageType.ACK),
+        (GOLDEN_BATCH, MessageType.BATCH, MessageType.DOWNLINK),
+        (GOLDEN_ACK, MessageType.ACK, MessageType.BATCH),
+        (GOLDEN_PULL, MessageType.PULL, MessageType.BATCH),
+        (GOLDEN_DOWNLINK, MessageType.DOWNLINK, MessageType.ACK),
+    ],
+    ids=lambda v: v.value if isinstance(v, MessageType) else None,
+)
+def test_domain_separation(golden: bytes, source: MessageType, target: MessageType) -> None:
+    relabelled = relabel(golden, target.value)
+    # same body, same signature: the envelope parses as the new type ...
+    envelope = open_envelope(relabelled, target)
+    assert envelope.body == open_envelope(golden, source).body
+    # ... but the signature only covers the original type's domain
+    with pytest.raises(RemoteProtocolError) as info:
+        envelope.verify(KEY.public_key())
+    assert info.value.status_hint == 401
+    assert info.value.code == "bad_signature"
+
+
+@pytest.mark.parametrize(("type_", "message", "golden"), CASES)
+def test_envelope_of_another_type_is_refused_before_verification(
+    type_: MessageType, message: object, golden: bytes
+) -> None:
+    for other in MessageType:
+        if other is not type_:
+            with pytest.raises(RemoteProtocolError) as info:
+                open_envelope(golden, other)
+            assert info.value.code == "wrong_type"
+
+
+@pytest.mark.parametrize(("type_", "message", "golden"), CASES)
+def test_signature_by_another_key_fails(type_: MessageType, message: object, golden: bytes) -> None:
+    forged = seal(type_, ENCODERS[type_](message), OTHER_KEY, KEY_ID)
+    with pytest.raises(RemoteProtocolError) as info:
+        open_envelope(forged, type_).verify(KEY.public_key())
+    assert info.value.status_hint == 401
+    # and the real envelope does not verify under the other key either
+    with pytest.raises(RemoteProtocolError):
+        open_envelope(golden, type_).verify(OTHER_KEY.public_key())
+
+
+@pytest.mark.parametrize(("type_", "message", "golden"), CASES)
+def test_every_single_byte_flip_of_the_body_fails(type_: MessageType, message: object, golden: bytes) -> None:
+    envelope = open_envelope(golden, type_)
+    public_key = KEY.public_key()
+    body = bytearray(envelope.body)
+    for index in range(len(body)):
+        for mask in (0x01, 0x80, 0xFF):
+            flipped = bytearray(body)
+            flipped[index] ^= mask
+            tampered = open_envelope(
+                msgpack.packb([1, type_.value, KEY_ID, bytes(flipped), envelope.signature], use_bin_type=True),
+                type_,
+            )
+            with pytest.raises(RemoteProtocolError) as info:
+                tampered.verify(public_key)
+            assert info.value.status_hint == 401
+
+
+@pytest.mark.parametrize(("type_", "message", "golden"), CASES)
+def test_every_single_byte_flip_of_the_signature_fails(
+    type_: MessageType, message: object, golden: bytes
+) -> None:
+    envelope = open_envelope(golden, type_)
+    for index in range(64):
+        signature = bytearray(envelope.signature)
+        signature[index] ^= 0x01
+        tampered = open_envelope(
+            msgpack.packb([1, type_.value, KEY_ID, envelope.body, bytes(signature)], use_bin_type=True), type_
+        )
+        with pytest.raises(RemoteProtocolError):
+            tampered.verify(KEY.public_key())
+
+
+@pytest.mark.parametrize("type_", list(MessageType), ids=lambda t: t.value)
+def test_oversized_envelope_is_refused_before_parsing(type_: MessageType) -> None:
+    limit = MAX_ENVELOPE_BYTES[type_]
+    # 0xc1 is never valid msgpack: parsing would answer 400 bad_encoding, not 413
+    with pytest.raises(RemoteProtocolError) as info:
+        open_envelope(b"\xc1" * (limit + 1), type_)
+    assert info.value.status_hint == 413
+    assert info.value.code == "too_large"
+    with pytest.raises(RemoteProtocolError) as info:
+        open_envelope(b"\xc1" * limit, type_)
+    assert info.value.status_hint == 400
+    assert info.value.code == "bad_encoding"
+
+
+def test_oversized_but_well_formed_envelope_is_refused() -> None:
+    limit = MAX_ENVELOPE_BYTES[MessageType.PULL]
+    body = encode_pull(PULL) + b"\x00" * limit
+    data = msgpack.packb([1, "pull", KEY_ID, body, bytes(64)], use_bin_type=True)
+    with pytest.raises(RemoteProtocolError) as info:
+        open_envelope(data, MessageType.PULL)
+    assert info.value.status_hint == 413
+
+
+def test_seal_refuses_a_body_that_could_not_be_opened() -> None:
+    limit = MAX_ENVELOPE_BYTES[MessageType.PULL]
+    with pytest.raises(LocalProtocolError) as info:
+        seal(MessageType.PULL, b"\x00" * limit, KEY, KEY_ID)
+    assert info.value.code == "too_large"
+
+
+@pytest.mark.parametrize(
+    ("envelope", "code"),
+    [
+        ([1, "pull", KEY_ID, b"x"], "bad_envelope"),
+        ([1, "pull", KEY_ID, b"x", bytes(64), 0], "bad_envelope"),
+        ({"v": 1}, "bad_envelope"),
+        ([2, "pull", KEY_ID, b"x", bytes(64)], "bad_version"),
+        ([True, "pull", KEY_ID, b"x", bytes(64)], "bad_version"),
+        ([1, "pull", "", b"x", bytes(64)], "bad_envelope"),
+        ([1, "pull", "k" * 65, b"x", bytes(64)], "bad_envelope"),
+        ([1, "pull", KEY_ID, "x", bytes(64)], "bad_envelope"),
+        ([1, "pull", KEY_ID, b"x", bytes(63)], "bad_envelope"),
+    ],
+)
+def test_malformed_envelopes(envelope: object, code: str) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        open_envelope(msgpack.packb(envelope, use_bin_type=True), MessageType.PULL)
+    assert info.value.code == code
+
+
+# ---------------------------------------------------------- body checks
+
+
+def test_downlink_to_cursor_is_range_checked() -> None:
+    with pytest.raises(LocalProtocolError) as info:
+        Downlink(**{**_fields(DOWNLINK), "to_cursor": 5})  # before from_cursor=6
+    assert info.value.field == "to_cursor"
+    with pytest.raises(LocalProtocolError) as info:
+        Downlink(**{**_fields(DOWNLINK), "to_cursor": 2**64})
+    assert info.value.field == "to_cursor"
+
+
+@pytest.mark.parametrize("store_id", ["store-1\n", "Store-1", "-store", "s" * 64, "store_1"])
+def test_store_id_must_be_a_slug(store_id: str) -> None:
+    with pytest.raises(LocalProtocolError) as info:
+        Pull(**{**_fields(PULL), "store_id": store_id})
+    assert info.value.field == "store_id"
+
+
+def _fields(obj: Any) -> dict[str, Any]:
+    return {name: getattr(obj, name) for name in obj.__dataclass_fields__}

@@ -1,0 +1,454 @@
+"""Ops: validation when built, the wire round trip, digests and UUIDv7 ids."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import msgpack
+import pytest
+
+from protocol import (
+    OP_TYPES,
+    Adjust,
+    Consent,
+    Earn,
+    Enroll,
+    LocalProtocolError,
+    Op,
+    Redeem,
+    RemoteProtocolError,
+    UpdateProfile,
+    Void,
+    is_uuid7,
+    op_from_wire,
+    uuid7,
+)
+from protocol.ids import uuid7_time_ms
+from protocol.ops import MAX_TIME_MS, MIN_TIME_MS
+from protocol.validate import MAX_AMOUNT, MAX_POINTS
+
+T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+OP_ID = "019b76da-a800-7000-8406-080a0c0e1012"
+TERMINAL = "01234567-89ab-4cde-8f01-23456789abcd"
+CUSTOMER = "11111111-2222-4333-8444-555555555555"
+
+
+def consent_kw(**overrides: Any) -> dict[str, Any]:
+    kw: dict[str, Any] = {
+        "terms_accepted": True,
+        "channels": ("email",),
+        "source": "pos",
+        "staff": "Ana",
+        "at": T0,
+    }
+    kw.update(overrides)
+    return kw
+
+
+def consent(**overrides: Any) -> Consent:
+    return Consent(**consent_kw(**overrides))
+
+
+def base_kw(cls: type[Op]) -> dict[str, Any]:
+    common: dict[str, Any] = {"op_id": OP_ID, "at": T0, "terminal_id": TERMINAL, "customer_id": CUSTOMER}
+    specific: dict[type[Op], dict[str, Any]] = {
+        Enroll: {
+            "name": "Ana Lima",
+            "phone": "+351 912 345 678",
+            "email": "ana@example.com",
+            "card_code": None,
+            "consent": consent(),
+        },
+        UpdateProfile: {
+            "name": None,
+            "phone": "+351 900 000 000",
+            "email": None,
+            "card_code": None,
+            "clear": ("email",),
+        },
+        Earn: {"sale_id": "S-1", "amount": 1250, "points": 12, "program_version": 1},
+        Redeem: {"sale_id": "S-2", "points": 100, "program_version": 1},
+        Void: {"sale_id": "S-1", "reversed_points": 12, "returned_points": 0},
+        Adjust: {"points": -5, "reason": "double scan", "actor": "manager-1"},
+    }
+    return {**common, **specific[cls]}
+
+
+OpT = TypeVar("OpT", bound=Op)
+
+
+def build(cls: type[OpT], **overrides: Any) -> OpT:
+    return cls(**{**base_kw(cls), **overrides})
+
+
+ALL_OP_CLASSES: list[type[Op]] = [Enroll, UpdateProfile, Earn, Redeem, Void, Adjust]
+
+
+# --------------------------------------------------------- valid ops build
+
+
+@pytest.mark.parametrize("cls", ALL_OP_CLASSES, ids=lambda c: c.__name__)
+def test_valid_op_builds_and_is_frozen(cls: type[Op]) -> None:
+    op = build(cls)
+    assert op.op_id == OP_ID
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        op.at = T0 + 1  # type: ignore[misc]
+
+
+def test_debits() -> None:
+    assert build(Earn).debit == 0
+    assert build(Redeem, points=70).debit == 70
+    assert build(Void, reversed_points=12, returned_points=30).debit == 12
+    assert build(Adjust, points=-5).debit == 5
+    assert build(Adjust, points=5).debit == 0
+
+
+def test_limits_are_inclusive() -> None:
+    assert build(Earn, amount=MAX_AMOUNT, points=MAX_POINTS).amount == MAX_AMOUNT
+    assert build(Earn, amount=1, points=0).points == 0
+    assert build(Adjust, points=-MAX_POINTS).debit == MAX_POINTS
+    assert build(Earn, at=MIN_TIME_MS).at == MIN_TIME_MS
+    assert build(Earn, at=MAX_TIME_MS).at == MAX_TIME_MS
+    assert build(Earn, sale_id="s" * 64).sale_id == "s" * 64
+    assert build(Adjust, reason="r" * 500, actor="a" * 100).points == -5
+
+
+def test_enroll_with_only_a_card_code_is_valid() -> None:
+    op = build(Enroll, phone=None, email=None, card_code="CARD-0001", consent=consent(channels=()))
+    assert isinstance(op, Enroll) and op.card_code == "CARD-0001"
+
+
+# ------------------------------------------------- invalid ops are refused
+
+Case = tuple[str, Callable[[], object], str, str | None]
+
+INVALID: list[Case] = [
+    # wrong types: bool is not an int, floats are never money or points
+    ("amount-bool", lambda: build(Earn, amount=True), "amount", "invalid_type"),
+    ("amount-float", lambda: build(Earn, amount=12.5), "amount", "invalid_type"),
+    ("amount-integral-float", lambda: build(Earn, amount=1250.0), "amount", "invalid_type"),
+    ("amount-str", lambda: build(Earn, amount="1250"), "amount", "invalid_type"),
+    ("amount-none", lambda: build(Earn, amount=None), "amount", "invalid_type"),
+    ("points-bool", lambda: build(Redeem, points=True), "points", "invalid_type"),
+    ("points-float", lambda: build(Redeem, points=1.0), "points", "invalid_type"),
+    ("at-float", lambda: build(Earn, at=float(T0)), "at", "invalid_type"),
+    ("at-bool", lambda: build(Earn, at=False), "at", "invalid_type"),
+    ("program-version-bool", lambda: build(Earn, program_version=True), "program_version", "invalid_type"),
+    ("op-id-bytes", lambda: build(Earn, op_id=OP_ID.encode()), "op_id", "invalid_type"),
+    ("sale-id-int", lambda: build(Earn, sale_id=7), "sale_id", "invalid_type"),
+    ("name-none", lambda: build(Enroll, name=None), "name", "invalid_type"),
+    ("clear-list", lambda: build(UpdateProfile, clear=["email"]), "clear", "invalid_type"),
+    ("clear-of-ints", lambda: build(UpdateProfile, clear=(1,)), "clear", "invalid_type"),
+    ("consent-dict", lambda: build(Enroll, consent=consent_kw()), "consent", "invalid_type"),
+    ("consent-channels-list", lambda: consent(channels=["email"]), "channels", "invalid_type"),
+    ("consent-terms-int", lambda: consent(terms_accepted=1), "terms_accepted", "invalid_type"),
+    # ranges: negative, zero where not allowed, huge
+    ("amount-zero", lambda: build(Earn, amount=0), "amount", "out_of_range"),
+    ("amount-negative", lambda: build(Earn, amount=-1), "amount", "out_of_range"),
+    ("amount-over-max", lambda: build(Earn, amount=MAX_AMOUNT + 1), "amount", "out_of_range"),
+    ("amount-2**64", lambda: build(Earn, amount=2**64), "amount", "out_of_range"),
+    ("earn-points-negative", lambda: build(Earn, points=-1), "points", "out_of_range"),
+    ("earn-points-over-max", lambda: build(Earn, points=MAX_POINTS + 1), "points", "out_of_range"),
+    ("program-version-zero", lambda: build(Earn, program_version=0), "program_version", "out_of_range"),
+    ("program-version-huge", lambda: build(Redeem, program_version=2**31 + 1), "program_version",
+     "out_of_range"),
+    ("redeem-zero", lambda: build(Redeem, points=0), "points", "out_of_range"),
+    ("redeem-negative", lambda: build(Redeem, points=-10), "points", "out_of_range"),
+    ("redeem-huge", lambda: build(Redeem, points=10**30), "points", "out_of_range"),
+    ("void-reversed-negative", lambda: build(Void, reversed_points=-1), "reversed_points", "out_of_range"),
+    ("void-returned-huge", lambda: build(Void, returned_points=MAX_POINTS + 1), "returned_points",
+     "out_of_range"),
+    ("adjust-zero", lambda: build(Adjust, points=0), "points", "out_of_range"),
+    ("adjust-under-min", lambda: build(Adjust, points=-MAX_POINTS - 1), "points", "out_of_range"),
+    ("adjust-over-max", lambda: build(Adjust, points=MAX_POINTS + 1), "points", "out_of_range"),
+    ("at-zero", lambda: build(Earn, at=0), "at", "out_of_range"),
+    ("at-before-2020", lambda: build(Earn, at=MIN_TIME_MS - 1), "at", "out_of_range"),
+    ("at-after-2100", lambda: build(Earn, at=MAX_TIME_MS + 1), "at", "out_of_range"),
+    ("at-seconds-not-ms", lambda: build(Earn, at=T0 // 1000), "at", "out_of_range"),
+    ("consent-at-zero", lambda: consent(at=0), "consent.at", "out_of_range"),
+    # ids
+    ("op-id-garbage", lambda: build(Earn, op_id="not-a-uuid"), "op_id", "invalid_id"),
+    ("op-id-v4", lambda: build(Earn, op_id=str(uuid.UUID(int=0x1234, version=4))), "op_id", "invalid_id"),
+    ("op-id-upper", lambda: build(Earn, op_id=OP_ID.upper()), "op_id", "invalid_id"),
+    ("op-id-bad-variant", lambda: build(Earn, op_id=OP_ID[:19] + "c" + OP_ID[20:]), "op_id", "invalid_id"),
+    ("op-id-no-dashes", lambda: build(Earn, op_id=OP_ID.replace("-", "")), "op_id", "invalid_id"),
+    ("op-id-braces", lambda: build(Earn, op_id="{" + OP_ID + "}"), "op_id", "invalid_id"),
+    ("op-id-empty", lambda: build(Earn, op_id=""), "op_id", "invalid_id"),
+    ("terminal-id-garbage", lambda: build(Earn, terminal_id="till-1"), "terminal_id", "invalid_id"),
+    ("customer-id-short", lambda: build(Earn, customer_id=CUSTOMER[:-1]), "customer_id", "invalid_id"),
+    ("customer-id-newline", lambda: build(Earn, customer_id=CUSTOMER + "\n"), "customer_id", "invalid_id"),
+    # text: required, too long, control characters
+    ("sale-id-empty", lambda: build(Earn, sale_id=""), "sale_id", "missing"),
+    ("sale-id-blank", lambda: build(Redeem, sale_id="   "), "sale_id", "missing"),
+    ("sale-id-too-long", lambda: build(Void, sale_id="s" * 65), "sale_id", "too_long"),
+    ("sale-id-newline", lambda: build(Earn, sale_id="S-1\nS-2"), "sale_id", "invalid_text"),
+    ("sale-id-nul", lambda: build(Earn, sale_id="S\x00"), "sale_id", "invalid_text"),
+    ("sale-id-del", lambda: build(Earn, sale_id="S\x7f"), "sale_id", "invalid_text"),
+    ("enroll-name-empty", lambda: build(Enroll, name=""), "name", "missing"),
+    ("enroll-name-too-long", lambda: build(Enroll, name="n" * 201), "name", "too_long"),
+    ("enroll-name-tab", lambda: build(Enroll, name="Ana\tLima"), "name", "invalid_text"),
+    ("enroll-phone-too-long", lambda: build(Enroll, phone="9" * 33), "phone", "too_long"),
+    ("enroll-email-no-at", lambda: build(Enroll, email="ana.example.com"), "email", "invalid_value"),
+    ("enroll-email-too-long", lambda: build(Enroll, email="a@" + "e" * 253), "email", "too_long"),
+    ("enroll-card-too-long", lambda: build(Enroll, card_code="c" * 65), "card_code", "too_long"),
+    ("enroll-card-escape", lambda: build(Enroll, card_code="\x1b[2J"), "card_code", "invalid_text"),
+    ("adjust-reason-empty", lambda: build(Adjust, reason=""), "reason", "missing"),
+    ("adjust-reason-too-long", lambda: build(Adjust, reason="r" * 501), "reason", "too_long"),
+    ("adjust-actor-blank", lambda: build(Adjust, actor=" "), "actor", "missing"),
+    ("adjust-actor-cr", lambda: build(Adjust, actor="boss\r"), "actor", "invalid_text"),
+    ("consent-staff-too-long", lambda: consent(staff="s" * 101), "consent.staff", "too_long"),
+    ("consent-staff-control", lambda: consent(staff="a\x01"), "consent.staff", "invalid_text"),
+    # business rules
+    ("consent-without-terms", lambda: consent(terms_accepted=False), "consent.terms_accepted",
+     "consent_required"),
+    ("consent-unknown-channel", lambda: consent(channels=("sms",)), "consent.channels", "invalid_value"),
+    ("consent-repeated-channel", lambda: consent(channels=("email", "email")), "consent.channels",
+     "invalid_value"),
+    ("consent-unknown-source", lambda: consent(source="web"), "consent.source", "invalid_value"),
+    ("enroll-without-contact", lambda: build(Enroll, phone=None, email=None, card_code=None), "phone",
+     "missing"),
+    ("update-nothing", lambda: build(UpdateProfile, phone=None, clear=()), "name", "missing"),
+    ("update-blank-name", lambda: build(UpdateProfile, name="  "), "name", "missing"),
+    ("update-clear-name", lambda: build(UpdateProfile, clear=("name",)), "clear", "invalid_value"),
+    ("update-clear-twice", lambda: build(UpdateProfile, clear=("email", "email")), "clear",
+     "invalid_value"),
+    ("update-set-and-clear", lambda: build(UpdateProfile, phone="1", clear=("phone",)), "phone",
+     "invalid_value"),
+    ("update-email-no-at", lambda: build(UpdateProfile, email="nope"), "email", "invalid_value"),
+]
+
+
+@pytest.mark.parametrize(("make", "field", "code"), [c[1:] for c in INVALID], ids=[c[0] for c in INVALID])
+def test_invalid_op_is_refused_naming_the_field(
+    make: Callable[[], object], field: str, code: str | None
+) -> None:
+    with pytest.raises(LocalProtocolError) as info:
+        make()
+    assert info.value.field == field
+    assert info.value.code == code
+    assert info.value.status_hint == 400
+    assert info.value.message
+
+
+# --------------------------------------------------------------- the wire
+
+
+@pytest.mark.parametrize("cls", ALL_OP_CLASSES, ids=lambda c: c.__name__)
+def test_round_trip_through_wire_and_msgpack(cls: type[Op]) -> None:
+    op = build(cls)
+    wire = op.to_wire()
+    assert wire["kind"] == cls.kind.value
+    assert OP_TYPES[wire["kind"]] is cls
+    assert op_from_wire(wire) == op
+    # what a peer actually decodes: msgpack with tuples instead of lists
+    decoded = msgpack.unpackb(msgpack.packb(wire, use_bin_type=True), raw=False, use_list=False)
+    assert op_from_wire(decoded) == op
+
+
+def test_wire_form_is_plain_msgpack_types() -> None:
+    wire = build(Enroll).to_wire()
+    assert wire == {
+        "kind": "enroll",
+        "op_id": OP_ID,
+        "at": T0,
+        "terminal_id": TERMINAL,
+        "customer_id": CUSTOMER,
+        "name": "Ana Lima",
+        "phone": "+351 912 345 678",
+        "email": "ana@example.com",
+        "card_code": None,
+        "consent": {"terms_accepted": True, "channels": ["email"], "source": "pos", "staff": "Ana", "at": T0},
+    }
+
+
+@pytest.mark.parametrize("cls", ALL_OP_CLASSES, ids=lambda c: c.__name__)
+def test_unknown_field_is_refused(cls: type[Op]) -> None:
+    wire = {**build(cls).to_wire(), "bonus": 1000}
+    with pytest.raises(RemoteProtocolError) as info:
+        op_from_wire(wire)
+    assert info.value.field == "bonus"
+    assert info.value.code == "bad_op"
+
+
+@pytest.mark.parametrize("cls", ALL_OP_CLASSES, ids=lambda c: c.__name__)
+def test_each_missing_field_is_refused(cls: type[Op]) -> None:
+    wire = build(cls).to_wire()
+    for name in wire:
+        if name == "kind":
+            continue
+        partial = {k: v for k, v in wire.items() if k != name}
+        with pytest.raises(RemoteProtocolError) as info:
+            op_from_wire(partial)
+        assert info.value.field == name
+
+
+@pytest.mark.parametrize("kind", ["refund", "EARN", "", None, 1, b"earn", True])
+def test_unknown_or_missing_kind_is_refused(kind: object) -> None:
+    wire = build(Earn).to_wire()
+    wire["kind"] = kind
+    with pytest.raises(RemoteProtocolError) as info:
+        op_from_wire(wire)
+    assert info.value.field == "kind"
+    del wire["kind"]
+    with pytest.raises(RemoteProtocolError) as info:
+        op_from_wire(wire)
+    assert info.value.field == "kind"
+
+
+@pytest.mark.parametrize("obj", [None, 1, "earn", b"", [], ("kind", "earn"), [("kind", "earn")]])
+def test_an_op_must_be_a_map(obj: object) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        op_from_wire(obj)
+    assert info.value.code == "bad_op"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("amount", 12.5), ("amount", True), ("amount", -5), ("op_id", "nope"), ("sale_id", "")],
+)
+def test_invalid_values_from_a_peer_are_remote_errors_with_the_field(field: str, value: object) -> None:
+    wire = build(Earn).to_wire()
+    wire[field] = value
+    with pytest.raises(RemoteProtocolError) as info:
+        op_from_wire(wire)
+    assert info.value.field == field
+    assert not isinstance(info.value, LocalProtocolError)
+
+
+@pytest.mark.parametrize(
+    "bad_consent",
+    [None, "yes", [], {"terms_accepted": True}, {**consent_kw(), "extra": 1}],
+)
+def test_malformed_consent_from_a_peer(bad_consent: object) -> None:
+    wire = build(Enroll).to_wire()
+    wire["consent"] = bad_consent
+    with pytest.raises(RemoteProtocolError) as info:
+        op_from_wire(wire)
+    assert info.value.field == "consent"
+
+
+def test_consent_without_terms_from_a_peer() -> None:
+    wire = build(Enroll).to_wire()
+    wire["consent"] = {**wire["consent"], "terms_accepted": False}
+    with pytest.raises(RemoteProtocolError) as info:
+        op_from_wire(wire)
+    assert info.value.field == "consent.terms_accepted"
+    assert info.value.code == "consent_required"
+
+
+# ------------------------------------------------------------------ digest
+
+
+def test_digest_is_stable() -> None:
+    op = build(Earn)
+    assert op.digest() == build(Earn).digest() == op_from_wire(op.to_wire()).digest()
+    # pinned: a change here changes every stored digest
+    assert op.digest().hex() == "556a017d93ae753565d38014491dbaa91772e87a8e9c003eca5bc282616ebd08"
+
+
+@pytest.mark.parametrize("cls", ALL_OP_CLASSES, ids=lambda c: c.__name__)
+def test_digest_changes_with_every_field(cls: type[Op]) -> None:
+    op = build(cls)
+    other_values: dict[str, Any] = {
+        "op_id": "019b76da-a801-70a0-8e10-121416181a1c",
+        "at": T0 + 1,
+        "terminal_id": CUSTOMER,
+        "customer_id": TERMINAL,
+        "name": "Ana Maria",
+        "phone": "+351 1",
+        "email": "x@y",
+        "card_code": "C-9",
+        "consent": consent(channels=("email", "phone")),
+        "clear": ("card_code",),
+        "sale_id": "S-99",
+        "amount": 1251,
+        "points": 13 if cls is not Adjust else -6,
+        "program_version": 2,
+        "reversed_points": 11,
+        "returned_points": 1,
+        "reason": "other",
+        "actor": "manager-2",
+    }
+    for f in dataclasses.fields(op):
+        changes = {f.name: other_values[f.name]}
+        if cls is UpdateProfile and f.name in ("email", "clear"):
+            # a field cannot be both set and cleared
+            changes = {"email": "x@y", "clear": ()} if f.name == "email" else changes
+        changed = dataclasses.replace(op, **changes)
+        assert changed.digest() != op.digest(), f.name
+
+
+def test_digest_depends_on_kind() -> None:
+    redeem = build(Redeem, sale_id="S-1", points=12, program_version=1)
+    adjust = build(Adjust, points=12)
+    assert len({redeem.digest(), adjust.digest(), build(Earn).digest()}) == 3
+
+
+# ------------------------------------------------------------------ uuid7
+
+
+def counting_randbytes() -> Callable[[int], bytes]:
+    counter = itertools.count()
+    return lambda n: bytes((next(counter) + i) % 256 for i in range(n))
+
+
+def test_uuid7_layout() -> None:
+    value = uuid7(T0, lambda n: b"\xff" * n)
+    parsed = uuid.UUID(value)
+    assert str(parsed) == value  # canonical lower-case form
+    assert parsed.version == 7
+    assert parsed.variant == uuid.RFC_4122
+    assert value[14] == "7" and value[19] in "89ab"
+    assert uuid7_time_ms(value) == T0
+    assert value == "019b76da-a800-7fff-bfff-ffffffffffff"
+    zero = uuid7(T0, bytes)
+    assert zero == "019b76da-a800-7000-8000-000000000000"
+    assert is_uuid7(value) and is_uuid7(zero)
+
+
+def test_uuid7_is_deterministic_given_randbytes() -> None:
+    assert uuid7(T0, counting_randbytes()) == uuid7(T0, counting_randbytes()) == OP_ID
+
+
+@pytest.mark.parametrize("now_ms", [0, 1, T0, MAX_TIME_MS, (1 << 48) - 1])
+def test_uuid7_timestamp_recoverable(now_ms: int) -> None:
+    value = uuid7(now_ms)
+    assert uuid7_time_ms(value) == now_ms
+    assert is_uuid7(value)
+
+
+def test_uuid7_is_monotonic_across_milliseconds() -> None:
+    ids = [uuid7(T0 + i, os.urandom) for i in range(2000)]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+    # byte order agrees with string order, so databases index them in time order
+    assert [uuid.UUID(i).bytes for i in ids] == sorted(uuid.UUID(i).bytes for i in ids)
+
+
+@pytest.mark.parametrize("now_ms", [-1, 1 << 48, 2**64])
+def test_uuid7_refuses_out_of_range_timestamps(now_ms: int) -> None:
+    with pytest.raises(LocalProtocolError) as info:
+        uuid7(now_ms)
+    assert info.value.field == "now_ms"
+
+
+def test_is_uuid7_rejects_other_versions_and_forms() -> None:
+    assert not is_uuid7(str(uuid.uuid4()))
+    assert not is_uuid7(OP_ID.upper())
+    assert not is_uuid7(uuid.UUID(OP_ID))
+    assert not is_uuid7(None)
+    assert not is_uuid7(OP_ID[:19] + "0" + OP_ID[20:])
+
+
+def test_extra_keys_of_mixed_types_are_a_protocol_error() -> None:
+    # msgpack maps may have str and bytes keys side by side; found by the fuzz tests
+    wire: dict[Any, Any] = {**build(Earn).to_wire(), "": None, b"": None}
+    with pytest.raises(RemoteProtocolError) as info:
+        op_from_wire(wire)
+    assert info.value.code == "bad_op"
+    assert info.value.field in ("", "b''")
