@@ -16,6 +16,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -31,13 +32,18 @@ from protocol import (
 )
 
 from .backoff import Backoff
-from .cloud_client import CloudClient
 from .errors import CloudRefused, CloudUnavailable, StoreError
 from .outbox import Identity, apply_ack, apply_downlink, next_batch
 from .store import EdgeStore
 
 log = logging.getLogger(__name__)
 PULL_LIMIT = 2000
+
+
+class CloudTransport(Protocol):
+    """What the sync task needs from the network (edge.cloud_client.CloudClient)."""
+
+    async def post_envelope(self, path: str, envelope: bytes) -> bytes: ...
 
 
 @dataclass
@@ -58,7 +64,7 @@ class SyncTask:
     def __init__(
         self,
         store: EdgeStore,
-        client: CloudClient,
+        client: CloudTransport,
         identity: Identity,
         cloud_key: Ed25519PublicKey,
         *,
@@ -92,11 +98,15 @@ class SyncTask:
     async def run(self) -> None:
         while True:
             delay = await self.attempt_once()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=delay)
-            if self._wake.is_set() and self.status.attempt == 0:
-                # Let a burst of writes gather into one batch.
-                await asyncio.sleep(self.linger)
+            if self.status.attempt:
+                # Backing off: new writes must not hammer a cloud that is away.
+                await asyncio.sleep(delay)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=delay)
+                if self._wake.is_set():
+                    # Let a burst of writes gather into one batch.
+                    await asyncio.sleep(self.linger)
             self._wake.clear()
 
     async def attempt_once(self) -> float:

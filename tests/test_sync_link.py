@@ -1,0 +1,120 @@
+"""Edge and cloud in one process, over a link that drops, duplicates, delays
+and reorders: the ledger still applies every op exactly once and both sides
+converge."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from protocol import OpStatus
+
+from . import cloudkit
+from .linkkit import LinkedEdge, linked_edge
+
+
+@pytest.fixture
+async def cloud(tmp_path: Path) -> AsyncIterator[cloudkit.Cloud]:
+    async with cloudkit.running_cloud(tmp_path) as running:
+        yield running
+
+
+def cloud_ops(cloud: cloudkit.Cloud) -> dict[str, tuple[str, str | None]]:
+    conn = sqlite3.connect(f"file:{cloud.db_path}?mode=ro", uri=True)
+    try:
+        return {row[0]: (row[1], row[2]) for row in conn.execute("SELECT op_id, status, code FROM ops")}
+    finally:
+        conn.close()
+
+
+def ledger_entries_per_op(cloud: cloudkit.Cloud) -> dict[str, int]:
+    conn = sqlite3.connect(f"file:{cloud.db_path}?mode=ro", uri=True)
+    try:
+        return dict(conn.execute("SELECT op_id, COUNT(*) FROM ledger_entries GROUP BY op_id").fetchall())
+    finally:
+        conn.close()
+
+
+def edge_op_ids(edge: LinkedEdge) -> set[str]:
+    return {row[0] for row in edge.store.read(lambda c: c.execute("SELECT op_id FROM outbox").fetchall())}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_flaky_link_still_applies_every_op_exactly_once(tmp_path: Path, cloud: cloudkit.Cloud, seed: int) -> None:
+    edge = await linked_edge(tmp_path, cloud, "store-e", seed)
+    link = edge.link
+    link.drop_request, link.drop_reply, link.duplicate, link.replay_old, link.max_delay = 0.3, 0.3, 0.3, 0.3, 0.01
+    rng = random.Random(seed)
+    try:
+        customers = [await edge.enroll(f"Customer {i}", f"+1555000{i:04d}") for i in range(5)]
+        for round_ in range(12):
+            for i in range(rng.randint(1, 6)):
+                await edge.earn(rng.choice(customers), f"sale-{round_}-{i}", rng.randint(100, 50_000))
+            await edge.sync.attempt_once()
+        link.heal()
+        await edge.sync_until_drained()
+        ops = cloud_ops(cloud)
+        mine = edge_op_ids(edge)
+        assert mine <= set(ops), "an op the edge queued never reached the ledger"
+        assert all(status == OpStatus.APPLIED.value for op_id, (status, _) in ops.items() if op_id in mine)
+        assert all(count == 1 for count in ledger_entries_per_op(cloud).values()), "an op was applied twice"
+        assert await cloud.storage.audit_balances() == []
+        cloud_balances = cloudkit.balances_in_db(cloud.db_path)
+        for customer_id in customers:
+            balance = edge.balance(customer_id)
+            assert balance["pending"] == 0
+            assert balance["confirmed"] == cloud_balances[customer_id]
+        assert link.faults > 5 and edge.sync.status.batches_acked > 1
+    finally:
+        await edge.close()
+
+
+async def test_two_offline_edges_spending_the_same_points(tmp_path: Path, cloud: cloudkit.Cloud) -> None:
+    a = await linked_edge(tmp_path, cloud, "store-x", 10)
+    b = await linked_edge(tmp_path, cloud, "store-y", 11)
+    try:
+        customer = await a.enroll("Shared", "+15550001111")
+        assert (await a.earn(customer, "s-1", 10_000))[0] == 201  # 100 points
+        await a.sync_until_drained()
+        await b.sync_until_drained()  # b learns the customer and the confirmed balance
+        assert a.balance(customer) == b.balance(customer) == {"confirmed": 100, "pending": 0, "available": 100}
+        a.link.up = b.link.up = False  # the internet is down in both stores
+        assert (await a.redeem(customer, "s-a", 80))[0] == 201
+        assert (await b.redeem(customer, "s-b", 80))[0] == 201
+        await a.sync.attempt_once()
+        await b.sync.attempt_once()
+        assert a.sync.status.attempt == b.sync.status.attempt == 1  # both failed, both backing off
+        a.link.heal()
+        b.link.heal()
+        await a.sync_until_drained()
+        await b.sync_until_drained()
+        await a.sync_until_drained()  # a pulls what b's refusal left behind
+        assert a.balance(customer) == b.balance(customer) == {"confirmed": 20, "pending": 0, "available": 20}
+        conflicts = b.store.conflicts()
+        assert [(c["kind"], c["points"], c["code"]) for c in conflicts] == [("redeem", 80, "insufficient_balance")]
+        assert a.store.conflicts() == []
+        cloud_conflicts = await cloud.storage.list_conflicts("store-y")
+        assert len(cloud_conflicts) == 1
+        assert cloudkit.balances_in_db(cloud.db_path)[customer] == 20
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_backoff_grows_while_the_cloud_is_away(tmp_path: Path, cloud: cloudkit.Cloud) -> None:
+    edge = await linked_edge(tmp_path, cloud, "store-q", 5)
+    try:
+        edge.link.up = False
+        delays = [await edge.sync.attempt_once() for _ in range(6)]
+        ceilings = [edge.sync.backoff.base * 2**n for n in range(1, 7)]
+        assert all(0 <= d <= c for d, c in zip(delays, ceilings, strict=True))
+        assert edge.sync.status.reachable is False and "dropped" in (edge.sync.status.last_error or "")
+        edge.link.heal()
+        assert await edge.sync.attempt_once() == edge.sync.interval
+        assert edge.sync.status.attempt == 0 and edge.sync.status.reachable
+    finally:
+        await edge.close()
