@@ -48,8 +48,8 @@ class CloudClient:
                 length = response.content_length
                 if length is not None and length > MAX_RESPONSE:
                     raise CloudUnavailable(f"{url}: answer of {length} bytes is too large")
-                body = await response.content.read(MAX_RESPONSE + 1)
-                if len(body) > MAX_RESPONSE:
+                body = await _read_bounded(response, MAX_RESPONSE)
+                if body is None:
                     raise CloudUnavailable(f"{url}: answer is too large")
                 if response.status == 200:
                     return body
@@ -64,6 +64,19 @@ class CloudClient:
                 raise CloudUnavailable(f"{url}: HTTP {response.status} {error.get('message', '')}")
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise CloudUnavailable(f"{url}: {type(exc).__name__}: {exc}") from exc
+
+
+async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The whole body, or None once it passes ``limit`` (StreamReader.read(n)
+    returns what has arrived so far, not n bytes)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _error_of(body: bytes) -> dict[str, Any]:

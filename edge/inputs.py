@@ -27,9 +27,16 @@ async def read_json(request: web.Request, *, allow_empty: bool = False) -> dict[
         raise InvalidInput("a JSON body is required", code="invalid_json")
     if request.content_type != "application/json":
         raise EdgeError("send Content-Type: application/json", code="unsupported_media_type", status=415)
-    raw = await request.content.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
-        raise EdgeError(f"the body is larger than {MAX_BODY} bytes", code="too_large", status=413)
+    chunks: list[bytes] = []
+    size = 0
+    # Read to the end (a body may arrive in several segments), refusing as
+    # soon as it passes the bound: chunked bodies have no Content-Length.
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise EdgeError(f"the body is larger than {MAX_BODY} bytes", code="too_large", status=413)
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     try:
         data = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:

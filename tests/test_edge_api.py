@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -311,3 +312,24 @@ async def test_status_page_is_local_and_has_no_customer_data(edge: Any, terminal
     assert "store-1" in page and "Outbox depth" in page
     for secret in ("Secret Name", "5145550099", "secret@example.com"):
         assert secret not in page
+
+
+async def test_a_body_arriving_in_pieces_is_read_whole(edge: Any, terminal: Terminal) -> None:
+    _, base, _ = edge
+    customer = await terminal.enroll("Kim", phone="5145550011")
+    body = json.dumps({"customer_id": customer["customer_id"], "sale_id": "slow", "amount": 900,
+                       "state": "paid"}).encode()
+    port = int(base.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        f"POST /v1/earns HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {terminal.token}\r\n"
+        f"Idempotency-Key: slow-1\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n".encode() + body[:20]
+    )
+    await writer.drain()
+    await asyncio.sleep(0.1)
+    writer.write(body[20:])
+    await writer.drain()
+    response = await reader.read()
+    writer.close()
+    assert response.startswith(b"HTTP/1.1 201"), response[:200]

@@ -118,3 +118,18 @@ async def test_backoff_grows_while_the_cloud_is_away(tmp_path: Path, cloud: clou
         assert edge.sync.status.attempt == 0 and edge.sync.status.reachable
     finally:
         await edge.close()
+
+
+async def test_full_size_batches_and_acks_cross_the_real_client(tmp_path: Path, cloud: cloudkit.Cloud) -> None:
+    """Acks of 1,000 ops are larger than one TCP segment: the client reads them whole."""
+    edge = await linked_edge(tmp_path, cloud, "store-big", 7)
+    edge.sync.batch_size = 1000
+    try:
+        customer = await edge.enroll("Big Batch", "+15550009999")
+        for n in range(2_400):
+            await edge.earn(customer, f"big-{n}", 1_000)
+        await edge.sync_until_drained(rounds=5)
+        assert edge.sync.status.batches_acked == 3
+        assert edge.balance(customer) == {"confirmed": 24_000, "pending": 0, "available": 24_000}
+    finally:
+        await edge.close()
