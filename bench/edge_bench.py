@@ -8,7 +8,6 @@ a fixed op count with a time limit.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import shutil
@@ -179,7 +178,7 @@ def main() -> int:
         if not args.skip_sync:
             from bench.sync_bench import run_sync_bench
 
-            results["sync"] = asyncio.run(run_sync_bench(root / "sync", args.sync_ops))
+            results["sync"] = run_sync_bench(root / "sync", args.sync_ops)
     print_report(results)
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -9,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edge import writes
 from edge.cloud_client import CloudClient
@@ -48,7 +51,8 @@ def _queue_ops(db: Path, total: int, customers: int) -> None:
     conn.close()
 
 
-async def run_sync_bench(root: Path, total: int, customers: int = 1000, limit_s: float = 300.0) -> dict[str, Any]:
+def run_sync_bench(root: Path, total: int, customers: int = 1000, limit_s: float = 300.0) -> dict[str, Any]:
+    """Provision a cloud process and an edge database with ``total`` queued ops, then time the push."""
     root.mkdir(parents=True, exist_ok=True)
     cloud_data = root / "cloud"
     cloud_pub = json.loads(_cli("loyalty-cloud", "init", "--data", str(cloud_data), "--json"))["public_key"]
@@ -66,13 +70,24 @@ async def run_sync_bench(root: Path, total: int, customers: int = 1000, limit_s:
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert proc.stdout is not None
-        line = proc.stdout.readline()
-        url = line.strip().rsplit(" ", 1)[-1]
-        store = EdgeStore(db)
-        await store.open()
-        client = CloudClient(url, timeout=60)
+        url = proc.stdout.readline().strip().rsplit(" ", 1)[-1]
+        result = asyncio.run(_push(db, url, key, load_public_key(bytes.fromhex(cloud_pub)), limit_s))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    return {"ops": total, "queue_s": round(queued_s, 1), **result}
+
+
+async def _push(
+    db: Path, url: str, key: Ed25519PrivateKey, cloud_key: Ed25519PublicKey, limit_s: float
+) -> dict[str, Any]:
+    store = EdgeStore(db)
+    await store.open()
+    client = CloudClient(url, timeout=60)
+    try:
         identity = Identity("bench-store", store.meta("node_id"), key_id_for(key.public_key()), key)
-        sync = SyncTask(store, client, identity, load_public_key(bytes.fromhex(cloud_pub)), batch_size=1000)
+        sync = SyncTask(store, client, identity, cloud_key, batch_size=1000)
+        left = -1
         started = time.perf_counter()
         while time.perf_counter() - started < limit_s:
             await sync.push()
@@ -81,10 +96,8 @@ async def run_sync_bench(root: Path, total: int, customers: int = 1000, limit_s:
                 break
         seconds = time.perf_counter() - started
         refused = store.read(lambda c: c.execute("SELECT COUNT(*) FROM outbox WHERE status = 'refused'").fetchone()[0])
+        return {"seconds": round(seconds, 2), "batches": sync.status.batches_acked, "all_acked": left == 0,
+                "refused": refused}
+    finally:
         await client.close()
         await store.close()
-        return {"ops": total, "seconds": round(seconds, 2), "batches": sync.status.batches_acked,
-                "all_acked": left == 0, "refused": refused, "queue_s": round(queued_s, 1)}
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)

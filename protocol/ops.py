@@ -19,7 +19,7 @@ import msgpack
 
 from .errors import LocalProtocolError, RemoteProtocolError
 from .ids import is_uuid, is_uuid7
-from .validate import MAX_AMOUNT, MAX_POINTS, check_range, check_text, check_types
+from .validate import MAX_AMOUNT, MAX_POINTS, check_range, check_text, check_types, field_names
 
 #: Milliseconds since the epoch; anything outside 2020..2100 is a broken clock.
 MIN_TIME_MS = 1_577_836_800_000
@@ -111,14 +111,14 @@ class Op:
 
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind.value}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
+        for name in field_names(type(self)):
+            value = getattr(self, name)
             if isinstance(value, Consent):
                 value = dataclasses.asdict(value)
                 value["channels"] = list(value["channels"])
             elif isinstance(value, tuple):
                 value = list(value)
-            out[f.name] = value
+            out[name] = value
         return out
 
     def digest(self) -> bytes:
@@ -279,7 +279,7 @@ def op_from_wire(obj: object) -> Op:
     cls = OP_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise RemoteProtocolError(f"unknown op kind {kind!r}", code="bad_op", field="kind")
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = set(field_names(cls))
     keys = set(obj) - {"kind"}
     if keys != names:
         extra, missing = sorted(map(str, keys - names)), sorted(names - keys)
@@ -301,7 +301,7 @@ def op_from_wire(obj: object) -> Op:
 
 
 def _consent_from_wire(obj: object) -> Consent:
-    names = {f.name for f in dataclasses.fields(Consent)}
+    names = set(field_names(Consent))
     if not isinstance(obj, Mapping) or set(obj) != names:
         raise LocalProtocolError("consent has the wrong shape", code="bad_op", field="consent")
     kwargs = dict(obj)

@@ -8,7 +8,6 @@ from terminal JSON, or the decoder from a peer's msgpack.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import types
 import typing
 from typing import Any
@@ -22,47 +21,66 @@ MAX_AMOUNT = 10**11
 MAX_POINTS = 10**9
 
 
-@functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+Checker = typing.Callable[[object], bool]
 
 
-def _matches(value: object, hint: Any) -> bool:
+def _checker(hint: Any) -> Checker:
+    """A predicate for one annotation, built once per class and field.
+
+    ``type(v) is int`` rather than isinstance: a bool must never pass as an
+    amount, and exact types keep str and int subclasses out of the wire.
+    """
     origin = typing.get_origin(hint)
     if hint is type(None):
-        return value is None
+        return lambda value: value is None
     if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, arg) for arg in typing.get_args(hint))
+        options = tuple(_checker(arg) for arg in typing.get_args(hint))
+        return lambda value: any(check(value) for check in options)
     if origin is tuple:
         args = typing.get_args(hint)
-        if not isinstance(value, tuple):
-            return False
         if len(args) == 2 and args[1] is Ellipsis:
-            return all(_matches(item, args[0]) for item in value)
-        return len(args) == len(value) and all(_matches(v, a) for v, a in zip(value, args, strict=True))
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    if hint is bytes:
-        return isinstance(value, bytes)
+            item = _checker(args[0])
+            return lambda value: type(value) is tuple and all(item(v) for v in value)
+        items = tuple(_checker(arg) for arg in args)
+        return lambda value: (
+            type(value) is tuple and len(value) == len(items) and all(c(v) for c, v in zip(items, value, strict=True))
+        )
+    if hint in (int, bool, str, bytes):
+        return lambda value: type(value) is hint
     if isinstance(hint, type):
-        return isinstance(value, hint)
+        return lambda value: isinstance(value, hint)
     raise TypeError(f"unsupported annotation {hint!r}")  # a bug in this package
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+_CHECKERS: dict[type, tuple[tuple[str, Checker], ...]] = {}
+
+
+def field_names(cls: type) -> tuple[str, ...]:
+    """The dataclass's field names in order (cached: it sits on every decode)."""
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
+
+
+def _checkers(cls: type) -> tuple[tuple[str, Checker], ...]:
+    checkers = _CHECKERS.get(cls)
+    if checkers is None:
+        hints = typing.get_type_hints(cls)
+        checkers = _CHECKERS[cls] = tuple((name, _checker(hints[name])) for name in field_names(cls))
+    return checkers
 
 
 def check_types(obj: object) -> None:
     """Raise LocalProtocolError naming the first field whose type is wrong."""
-    hints = _hints(typing.cast(type, type(obj)))
-    for f in dataclasses.fields(obj):  # type: ignore[arg-type]
-        value = getattr(obj, f.name)
-        if not _matches(value, hints[f.name]):
+    for name, check in _checkers(type(obj)):
+        value = getattr(obj, name)
+        if not check(value):
             raise LocalProtocolError(
-                f"{f.name} has the wrong type ({type(value).__name__})",
+                f"{name} has the wrong type ({type(value).__name__})",
                 code="invalid_type",
-                field=f.name,
+                field=name,
             )
 
 
@@ -90,15 +108,20 @@ def check_text(name: str, value: str | None, max_len: int, *, required: bool = F
         )
 
 
+_PLAIN = frozenset({int, str, bytes, bool, type(None)})
+
+
 def to_wire(obj: Any) -> Any:
     """Dataclasses to maps and tuples to lists, recursively, in field order."""
+    if type(obj) in _PLAIN:
+        return obj
+    if isinstance(obj, (tuple, list)):
+        return [to_wire(item) for item in obj]
     to_wire_method = getattr(obj, "to_wire", None)
     if to_wire_method is not None:
         return to_wire_method()
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_wire(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (tuple, list)):
-        return [to_wire(item) for item in obj]
+        return {name: to_wire(getattr(obj, name)) for name in field_names(type(obj))}
     return obj
 
 
@@ -108,7 +131,7 @@ def fields_of(cls: type, obj: object, what: str) -> dict[str, Any]:
 
     if not isinstance(obj, Mapping):
         raise LocalProtocolError(f"{what} must be a map", code="bad_shape", field=what)
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = set(field_names(cls))
     keys = set(obj)
     if keys != names:
         extra, missing = sorted(map(str, keys - names)), sorted(names - keys)
