@@ -31,6 +31,7 @@ from .terminals import TerminalAuth
 
 log = logging.getLogger(__name__)
 LAST_SEEN_FLUSH_S = 30.0
+ADDRESS_CHECK_S = 10.0
 
 
 def build_app(config: EdgeConfig, *, port: int, clock: Callable[[], float] = time.time) -> web.Application:
@@ -101,24 +102,31 @@ async def _last_seen_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def _zeroconf_ctx(port: int) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        from .zeroconf_service import EdgeAdvertiser  # zeroconf is imported only when enabled
+        from .zeroconf_service import EdgeAdvertiser, ZeroconfError  # imported only when enabled
 
         config = app[CONFIG]
         key = load_key(config.key_path)
         advertiser = EdgeAdvertiser(
             interfaces=list(config.interfaces) or None,
-            addresses=list(config.interfaces) or None,
+            addresses=None,  # follow the interfaces' addresses as DHCP changes them
             port=port,
             store_id=config.store_id,
             fingerprint=key_id_for(key.public_key()),
         )
         app[ADVERTISER] = advertiser
-        await advertiser.start()
+        try:
+            await advertiser.start()
+        except ZeroconfError as exc:
+            # Terminals with a configured address still work: serve, and show it.
+            log.error("not advertised over mDNS: %s", exc)
 
         async def watch() -> None:
             while True:
-                await asyncio.sleep(30)
-                await advertiser.check_addresses()
+                await asyncio.sleep(ADDRESS_CHECK_S)
+                try:
+                    await advertiser.check_addresses()
+                except ZeroconfError as exc:
+                    log.warning("mDNS re-registration failed: %s", exc)
 
         task = asyncio.create_task(watch(), name="edge-zeroconf-watch")
         yield
