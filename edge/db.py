@@ -32,10 +32,10 @@ MIGRATIONS: list[tuple[str, str]] = [
             created_at INTEGER NOT NULL,
             updated_at INTEGER NOT NULL
         ) WITHOUT ROWID;
-        CREATE INDEX customers_phone ON customers(phone) WHERE phone IS NOT NULL;
-        CREATE INDEX customers_email ON customers(email) WHERE email IS NOT NULL;
-        CREATE INDEX customers_card ON customers(card_code) WHERE card_code IS NOT NULL;
-        CREATE INDEX customers_name ON customers(name_key);
+        CREATE INDEX customers_phone ON customers(phone, created_at) WHERE phone IS NOT NULL;
+        CREATE INDEX customers_email ON customers(email, created_at) WHERE email IS NOT NULL;
+        CREATE INDEX customers_card ON customers(card_code, created_at) WHERE card_code IS NOT NULL;
+        CREATE INDEX customers_name ON customers(name_key, created_at);
         CREATE TABLE outbox (
             seq INTEGER PRIMARY KEY AUTOINCREMENT,
             op_id TEXT NOT NULL UNIQUE,

@@ -29,7 +29,15 @@ from .writer import Writer
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-CUSTOMER_COLUMNS = "customer_id, name, phone, email, card_code, consent, confirmed, version, created_at"
+# One statement per customer: the profile and its unconfirmed sums (a
+# correlated lookup on the partial index of pending ops).
+CUSTOMER_COLUMNS = (
+    "customer_id, name, phone, email, card_code, consent, confirmed, created_at, "
+    "(SELECT COALESCE(SUM(delta), 0) FROM outbox WHERE outbox.customer_id = customers.customer_id "
+    "AND status IS NULL), "
+    "(SELECT COALESCE(SUM(debit), 0) FROM outbox WHERE outbox.customer_id = customers.customer_id "
+    "AND status IS NULL)"
+)
 
 
 def now_ms() -> int:
@@ -69,8 +77,8 @@ def balance_of(conn: sqlite3.Connection, customer_id: str, confirmed: int) -> di
     }
 
 
-def customer_json(conn: sqlite3.Connection, row: tuple[Any, ...]) -> dict[str, Any]:
-    customer_id, name, phone, email, card_code, consent, confirmed, _version, created_at = row
+def customer_json(row: tuple[Any, ...]) -> dict[str, Any]:
+    customer_id, name, phone, email, card_code, consent, confirmed, created_at, pending, debits = row
     return {
         "customer_id": customer_id,
         "name": name,
@@ -78,7 +86,7 @@ def customer_json(conn: sqlite3.Connection, row: tuple[Any, ...]) -> dict[str, A
         "email": email,
         "card_code": card_code,
         "consent": json.loads(consent) if consent else None,
-        "balance": balance_of(conn, customer_id, confirmed),
+        "balance": {"confirmed": confirmed, "pending": pending, "available": available_points(confirmed, debits)},
         "created_at": created_at,
     }
 
@@ -89,7 +97,7 @@ def fetch_customer(conn: sqlite3.Connection, customer_id: str) -> dict[str, Any]
     ).fetchone()
     if row is None:
         raise NotFound("no customer with this id", code="unknown_customer", field="customer_id")
-    return customer_json(conn, row)
+    return customer_json(row)
 
 
 class EdgeStore:
@@ -174,7 +182,7 @@ class EdgeStore:
                     "ORDER BY created_at LIMIT ?",
                     (value, limit),
                 ).fetchall()
-            return [customer_json(conn, row) for row in rows]
+            return [customer_json(row) for row in rows]
 
         return self.read(run)
 
