@@ -126,6 +126,16 @@ def wrk(script: str, url: str, connections: int, seconds: int, env: dict[str, st
     return data
 
 
+def pyload(mode: str, url: str, connections: int, seconds: int, token: str, customers: int, run: str) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "pyload.py"), "--url", url, "--mode", mode, "--conns", str(connections),
+         "--seconds", str(seconds), "--token", token, "--customers", str(customers), "--run", run],
+        capture_output=True, text=True, timeout=seconds + 60, check=True,
+    )
+    data: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return data
+
+
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The run with the median throughput, so figures come from one real run."""
     ordered = sorted(runs, key=lambda r: r["rps"])
@@ -175,6 +185,19 @@ def main() -> int:
                 runs = [wrk("earn.lua", edge_url, conns, args.seconds, {**env, "BENCH_RUN": f"r{conns}-{i}"})
                         for i in range(args.repeats)]
                 results[f"earn_{conns}"] = median_run(runs)
+            # The same figures with a Python client sharing the cores, as the issue's references were taken.
+            for conns in (8, 64):
+                bare = [pyload("bare", bare_url, conns, args.seconds, "", args.customers, "b")
+                        for _ in range(args.repeats)]
+                look = [pyload("lookup", edge_url, conns, args.seconds, token, args.customers, "l")
+                        for _ in range(args.repeats)]
+                b, lk = median_run(bare), median_run(look)
+                results[f"py_bare_{conns}"] = b
+                results[f"py_lookup_{conns}"] = lk
+                results[f"py_lookup_ratio_{conns}"] = round(lk["rps"] / b["rps"], 3)
+                runs = [pyload("earn", edge_url, conns, args.seconds, token, args.customers, f"py{conns}-{i}")
+                        for i in range(args.repeats)]
+                results[f"py_earn_{conns}"] = median_run(runs)
         if not args.skip_sync:
             from bench.sync_bench import run_sync_bench
 
@@ -187,7 +210,8 @@ def print_report(r: dict[str, Any]) -> None:
     def ms(us: int) -> str:
         return f"{us / 1000:.2f} ms"
 
-    lines = [f"Edge benchmark, {r['customers']:,} customers, {r['seconds']} s per run, median of {r['repeats']} runs"]
+    lines = [f"Edge benchmark, {r['customers']:,} customers, {r['seconds']} s per run, median of {r['repeats']} runs",
+             "  with wrk (C) as load generator:"]
     for conns in (8, 64):
         b, lk = r[f"bare_{conns}"], r[f"lookup_{conns}"]
         lines.append(f"  lookup by phone, {conns:>2} terminals: {lk['rps']:>8.0f} req/s  p50 {ms(lk['p50_us'])}"
@@ -197,6 +221,14 @@ def print_report(r: dict[str, Any]) -> None:
         e = r[f"earn_{conns}"]
         lines.append(f"  durable earns,   {conns:>2} terminals: {e['rps']:>8.0f} req/s  p50 {ms(e['p50_us'])}"
                      f"  p99 {ms(e['p99_us'])}  errors {e['errors_status'] + e['errors_other']}")
+    lines.append("  with a Python aiohttp client as load generator instead of wrk:")
+    for conns in (8, 64):
+        b, lk, e = r[f"py_bare_{conns}"], r[f"py_lookup_{conns}"], r[f"py_earn_{conns}"]
+        lines.append(f"  lookup by phone, {conns:>2} terminals: {lk['rps']:>8.0f} req/s  p50 {ms(lk['p50_us'])}"
+                     f"  p99 {ms(lk['p99_us'])}  | bare handler {b['rps']:.0f} req/s"
+                     f"  ratio {r[f'py_lookup_ratio_{conns}']:.0%}  errors {lk['errors_status']}")
+        lines.append(f"  durable earns,   {conns:>2} terminals: {e['rps']:>8.0f} req/s  p50 {ms(e['p50_us'])}"
+                     f"  p99 {ms(e['p99_us'])}  errors {e['errors_status']}")
     if "sync" in r:
         s = r["sync"]
         lines.append(f"  sync of {s['ops']:,} queued ops to the cloud: {s['seconds']:.1f} s"
