@@ -19,7 +19,7 @@ import msgpack
 
 from .errors import LocalProtocolError, RemoteProtocolError
 from .ids import is_uuid, is_uuid7
-from .validate import MAX_AMOUNT, MAX_POINTS, check_range, check_text, check_types, field_names
+from .validate import MAX_AMOUNT, MAX_POINTS, check_range, check_text, check_types, field_names, fields_of
 
 #: Milliseconds since the epoch; anything outside 2020..2100 is a broken clock.
 MIN_TIME_MS = 1_577_836_800_000
@@ -279,17 +279,8 @@ def op_from_wire(obj: object) -> Op:
     cls = OP_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise RemoteProtocolError(f"unknown op kind {kind!r}", code="bad_op", field="kind")
-    names = set(field_names(cls))
-    keys = set(obj) - {"kind"}
-    if keys != names:
-        extra, missing = sorted(map(str, keys - names)), sorted(names - keys)
-        raise RemoteProtocolError(
-            f"{kind} op fields differ: unexpected {extra}, missing {missing}",
-            code="bad_op",
-            field=(extra or missing)[0],
-        )
-    kwargs = {name: obj[name] for name in names}
     try:
+        kwargs = fields_of(cls, {k: v for k, v in obj.items() if k != "kind"}, f"{kind} op")
         consent = kwargs.get("consent")
         if consent is not None:
             kwargs["consent"] = _consent_from_wire(consent)
@@ -297,14 +288,16 @@ def op_from_wire(obj: object) -> Op:
             kwargs["clear"] = tuple(kwargs["clear"])
         return cls(**kwargs)
     except LocalProtocolError as exc:
-        raise RemoteProtocolError(exc.message, code=exc.code, field=exc.field) from exc
+        code = "bad_op" if exc.code == "bad_shape" else exc.code
+        raise RemoteProtocolError(exc.message, code=code, field=exc.field) from exc
 
 
 def _consent_from_wire(obj: object) -> Consent:
-    names = set(field_names(Consent))
-    if not isinstance(obj, Mapping) or set(obj) != names:
-        raise LocalProtocolError("consent has the wrong shape", code="bad_op", field="consent")
-    kwargs = dict(obj)
+    try:
+        kwargs = fields_of(Consent, obj, "consent")
+    except LocalProtocolError as exc:
+        field = exc.field if exc.field == "consent" else f"consent.{exc.field}"
+        raise LocalProtocolError(exc.message, code=exc.code, field=field) from exc
     if isinstance(kwargs["channels"], list):
         kwargs["channels"] = tuple(kwargs["channels"])
     return Consent(**kwargs)

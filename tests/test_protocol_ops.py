@@ -329,7 +329,7 @@ def test_malformed_consent_from_a_peer(bad_consent: object) -> None:
     wire["consent"] = bad_consent
     with pytest.raises(RemoteProtocolError) as info:
         op_from_wire(wire)
-    assert info.value.field == "consent"
+    assert info.value.field is not None and info.value.field.split(".")[0] == "consent"
 
 
 def test_consent_without_terms_from_a_peer() -> None:
