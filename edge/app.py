@@ -24,7 +24,7 @@ from .appkeys import ADVERTISER, AUTH, CLOCK, CONFIG, STARTED, STORE, SYNC
 from .cloud_client import CloudClient
 from .config import EdgeConfig
 from .keyfile import load_key
-from .outbox import Identity
+from .outbox import Identity, prune
 from .store import EdgeStore
 from .sync import SyncTask
 from .terminals import TerminalAuth
@@ -32,6 +32,7 @@ from .terminals import TerminalAuth
 log = logging.getLogger(__name__)
 LAST_SEEN_FLUSH_S = 30.0
 ADDRESS_CHECK_S = 10.0
+PRUNE_EVERY_S = 3600.0
 
 
 def build_app(config: EdgeConfig, *, port: int, clock: Callable[[], float] = time.time) -> web.Application:
@@ -42,7 +43,7 @@ def build_app(config: EdgeConfig, *, port: int, clock: Callable[[], float] = tim
     add_routes(app)
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_sync_ctx)
-    app.cleanup_ctx.append(_last_seen_ctx)
+    app.cleanup_ctx.append(_housekeeping_ctx)
     if config.zeroconf:
         app.cleanup_ctx.append(_zeroconf_ctx(port))
     return app
@@ -86,13 +87,21 @@ async def _sync_ctx(app: web.Application) -> AsyncIterator[None]:
     await client.close()
 
 
-async def _last_seen_ctx(app: web.Application) -> AsyncIterator[None]:
+async def _housekeeping_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Terminals' last-seen times to disk, and hourly pruning of old rows."""
+
     async def flush_forever() -> None:
+        last_prune = 0.0
         while True:
             await asyncio.sleep(LAST_SEEN_FLUSH_S)
             await app[STORE].write(app[AUTH].flush_last_seen())
+            now = app[CLOCK]()
+            if now - last_prune >= PRUNE_EVERY_S:
+                pruned = await app[STORE].write(prune(int(now * 1000)))
+                log.info("pruned %s", pruned)
+                last_prune = now
 
-    task = asyncio.create_task(flush_forever(), name="edge-last-seen")
+    task = asyncio.create_task(flush_forever(), name="edge-housekeeping")
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

@@ -178,3 +178,29 @@ def apply_downlink(downlink: Downlink, now: int) -> Job[bool]:
 
     return job
 
+
+
+IDEMPOTENCY_KEEP_MS = 7 * 24 * 3600 * 1000
+ACKED_KEEP_MS = 30 * 24 * 3600 * 1000
+
+
+def prune(now: int) -> Job[dict[str, int]]:
+    """Forget what no retry or audit can need any more, so the file stays small.
+
+    Idempotency answers are kept a week (far beyond any terminal's retries),
+    acknowledged ops and batches a month. The newest batch always stays: the
+    next batch chains to its hash.
+    """
+
+    def job(conn: sqlite3.Connection) -> dict[str, int]:
+        keys = conn.execute("DELETE FROM idempotency WHERE created_at < ?", (now - IDEMPOTENCY_KEEP_MS,)).rowcount
+        ops = conn.execute(
+            "DELETE FROM outbox WHERE status IS NOT NULL AND acked_at < ?", (now - ACKED_KEEP_MS,)
+        ).rowcount
+        batches = conn.execute(
+            "DELETE FROM batches WHERE acked_at < ? AND seq < (SELECT MAX(seq) FROM batches)",
+            (now - ACKED_KEEP_MS,),
+        ).rowcount
+        return {"idempotency_keys": keys, "ops": ops, "batches": batches}
+
+    return job

@@ -133,3 +133,24 @@ async def test_full_size_batches_and_acks_cross_the_real_client(tmp_path: Path, 
         assert edge.balance(customer) == {"confirmed": 24_000, "pending": 0, "available": 24_000}
     finally:
         await edge.close()
+
+
+async def test_pruning_keeps_the_chain_and_forgets_old_rows(tmp_path: Path, cloud: cloudkit.Cloud) -> None:
+    from edge.outbox import ACKED_KEEP_MS, prune
+
+    edge = await linked_edge(tmp_path, cloud, "store-p", 9)
+    try:
+        customer = await edge.enroll("Old Timer", "+15550007777")
+        await edge.earn(customer, "old-1", 500)
+        await edge.sync_until_drained()
+        await edge.earn(customer, "old-2", 500)
+        await edge.sync_until_drained()
+        later = edge.now() + ACKED_KEEP_MS + 1
+        pruned = await edge.store.write(prune(later))
+        assert pruned == {"idempotency_keys": 3, "ops": 3, "batches": 1}
+        assert edge.balance(customer)["confirmed"] == 10  # balances are not ops: nothing lost
+        await edge.earn(customer, "new-1", 500)
+        await edge.sync_until_drained()  # the next batch still chains to the kept newest one
+        assert edge.balance(customer) == {"confirmed": 15, "pending": 0, "available": 15}
+    finally:
+        await edge.close()
