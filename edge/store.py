@@ -107,6 +107,7 @@ class EdgeStore:
         self.path = path
         self.writer = Writer(path)
         self._reader: sqlite3.Connection | None = None
+        self._program: Program | None = None
         self.started_at = time.time()
 
     @classmethod
@@ -160,7 +161,14 @@ class EdgeStore:
         return self.read(lambda c: get_meta(c, key, default))
 
     def program(self) -> Program | None:
-        return self.read(load_program)
+        """The program settings, cached: only a downlink changes them, and the
+        sync task calls :meth:`forget_program` after applying one."""
+        if self._program is None:
+            self._program = self.read(load_program)
+        return self._program
+
+    def forget_program(self) -> None:
+        self._program = None
 
     def customer(self, customer_id: str) -> dict[str, Any]:
         return self.read(lambda c: fetch_customer(c, customer_id))

@@ -176,5 +176,7 @@ class SyncTask:
             if downlink.nonce != nonce or downlink.store_id != self.identity.store_id:
                 raise RemoteProtocolError("the downlink does not answer our pull", code="wrong_downlink")
             applied = await self.store.write(apply_downlink(downlink, self._now_ms()))
+            if downlink.program is not None:
+                self.store.forget_program()
             if not applied or not downlink.more:
                 return

@@ -154,8 +154,12 @@ class Writer:
             if len(stats.group_sizes) >= 1024:
                 del stats.group_sizes[:512]
             stats.group_sizes.append(len(group))
+        # One wake-up of each event loop per group, not one per write.
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
         for item, (ok, value) in zip(group, outcomes, strict=True):
-            item.loop.call_soon_threadsafe(_resolve, item.future, ok, value)
+            by_loop.setdefault(item.loop, []).append((item.future, ok, value))
+        for loop, results in by_loop.items():
+            loop.call_soon_threadsafe(_resolve_all, results)
 
     @staticmethod
     def _rollback(conn: sqlite3.Connection) -> None:
@@ -166,10 +170,11 @@ class Writer:
             log.error("rollback failed: %s", exc)
 
 
-def _resolve(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if future.cancelled():
-        return
-    if ok:
-        future.set_result(value)
-    else:
-        future.set_exception(value)
+def _resolve_all(results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for future, ok, value in results:
+        if future.cancelled():
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)

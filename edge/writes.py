@@ -170,7 +170,7 @@ def _balance(conn: sqlite3.Connection, customer_id: str) -> dict[str, int]:
 
 def earn(op: Earn) -> Action:
     def action(conn: sqlite3.Connection) -> tuple[int, dict[str, Any]]:
-        _confirmed(conn, op.customer_id)
+        confirmed = _confirmed(conn, op.customer_id)
         sale = _sale(conn, op.sale_id, op.customer_id)
         if sale is not None and sale[2] is not None:
             raise Conflict("this sale has already earned", code="already_earned", field="sale_id")
@@ -188,7 +188,7 @@ def earn(op: Earn) -> Action:
             "amount": op.amount,
             "points": op.points,
             "program_version": op.program_version,
-            "balance": _balance(conn, op.customer_id),
+            "balance": balance_of(conn, op.customer_id, confirmed),
         }
 
     return action
