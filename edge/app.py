@@ -19,7 +19,7 @@ from aiohttp import web
 
 from protocol import key_id_for, load_public_key
 
-from .api import add_routes, auth_middleware, error_middleware
+from .api import add_routes, terminal_middleware
 from .appkeys import ADVERTISER, AUTH, CLOCK, CONFIG, STARTED, STORE, SYNC
 from .cloud_client import CloudClient
 from .config import EdgeConfig
@@ -36,7 +36,7 @@ PRUNE_EVERY_S = 3600.0
 
 
 def build_app(config: EdgeConfig, *, port: int, clock: Callable[[], float] = time.time) -> web.Application:
-    app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[terminal_middleware], client_max_size=64 * 1024)
     app[CONFIG] = config
     app[CLOCK] = clock
     app[STARTED] = clock()

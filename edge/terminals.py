@@ -89,31 +89,34 @@ class TerminalAuth:
     def __init__(self, store: EdgeStore, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.clock = clock
-        self._cache: dict[bytes, tuple[str, float]] = {}
+        self._cache: dict[str, tuple[str, float]] = {}
         self._failures: deque[float] = deque()
         self.last_seen: dict[str, int] = {}
 
     def authenticate(self, header: str | None, now_ms: int) -> str:
         if not header or not header.startswith("Bearer "):
             raise Unauthorized("a terminal token is required (Authorization: Bearer ...)", code="missing_token")
-        digest = _hash(header[7:].strip())
+        token = header[7:].strip()
         now = self.clock()
-        cached = self._cache.get(digest)
+        # Keyed by the token itself: a hit needs no hashing. Memory only;
+        # the database never holds more than the hash.
+        cached = self._cache.get(token)
         if cached is not None and cached[1] > now:
             terminal_id = cached[0]
         else:
+            digest = _hash(token)
             row = self.store.read(
                 lambda c: c.execute(
                     "SELECT terminal_id FROM terminals WHERE token_hash = ? AND revoked_at IS NULL", (digest,)
                 ).fetchone()
             )
             if row is None:
-                self._cache.pop(digest, None)
+                self._cache.pop(token, None)
                 raise Unauthorized("this terminal token is unknown or revoked", code="bad_token")
             terminal_id = row[0]
             if len(self._cache) > 10_000:
                 self._cache.clear()
-            self._cache[digest] = (terminal_id, now + AUTH_CACHE_SECONDS)
+            self._cache[token] = (terminal_id, now + AUTH_CACHE_SECONDS)
         self.last_seen[terminal_id] = now_ms
         return terminal_id
 
