@@ -9,13 +9,25 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
-from protocol import Adjust, Consent, Earn, Enroll, ProtocolError, Redeem, UpdateProfile, Void, earn_points, uuid7
+from protocol import (
+    Adjust,
+    Consent,
+    Earn,
+    Enroll,
+    Program,
+    ProtocolError,
+    Redeem,
+    UpdateProfile,
+    Void,
+    earn_points,
+    is_uuid,
+    uuid7,
+)
 from protocol import normalize as norm
 from protocol.validate import MAX_AMOUNT, MAX_POINTS
 
@@ -23,6 +35,8 @@ from . import writes
 from .appkeys import AUTH, CLOCK, STORE, SYNC, TERMINAL_ID
 from .errors import EdgeError, InvalidInput, NotFound, StoreError, Unprocessable
 from .inputs import check_fields, get_bool, get_int, get_object, get_str, get_str_list, read_json
+from .openapi import document
+from .status_page import snapshot, status_page
 from .terminals import redeem_pairing_code
 
 log = logging.getLogger(__name__)
@@ -98,8 +112,6 @@ async def _write(
 
 
 async def healthz(request: web.Request) -> web.Response:
-    from .status_page import snapshot
-
     snap = snapshot(request.app)
     return web.json_response(
         {"status": snap["verdict"]["status"], "reasons": snap["verdict"]["reasons"], "outbox": snap["outbox"],
@@ -142,11 +154,8 @@ async def get_customer(request: web.Request) -> web.Response:
 
 
 def _customer_id(value: object) -> str:
-    from protocol import is_uuid
-
-    if not is_uuid(value):
+    if not isinstance(value, str) or not is_uuid(value):
         raise NotFound("no customer with this id", code="unknown_customer", field="customer_id")
-    assert isinstance(value, str)
     return value
 
 
@@ -236,17 +245,15 @@ async def update_customer(request: web.Request) -> web.Response:
     return await _write(request, build)
 
 
-def _program_version(request: web.Request) -> tuple[int, Any]:
+def _program(request: web.Request) -> Program:
     program = request.app[STORE].program()
     if program is None:
-        raise StoreError(
-            "the loyalty program has not been received from the cloud yet", code="no_program"
-        )
-    return program.version, program
+        raise StoreError("the loyalty program has not been received from the cloud yet", code="no_program")
+    return program
 
 
 async def earn(request: web.Request) -> web.Response:
-    version, program = _program_version(request)
+    program = _program(request)
 
     def build(body: dict[str, Any], terminal_id: str, now: int) -> writes.Action:
         check_fields(body, {"customer_id", "sale_id", "amount", "state"})
@@ -266,7 +273,7 @@ async def earn(request: web.Request) -> web.Response:
             sale_id=sale_id,
             amount=amount,
             points=earn_points(amount, program),
-            program_version=version,
+            program_version=program.version,
         )
         return writes.earn(op)
 
@@ -274,7 +281,7 @@ async def earn(request: web.Request) -> web.Response:
 
 
 async def redeem(request: web.Request) -> web.Response:
-    version, _ = _program_version(request)
+    version = _program(request).version
 
     def build(body: dict[str, Any], terminal_id: str, now: int) -> writes.Action:
         check_fields(body, {"customer_id", "sale_id", "points"})
@@ -334,14 +341,10 @@ async def adjust(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    from .openapi import document
-
     return web.json_response(document())
 
 
 def add_routes(app: web.Application) -> None:
-    from .status_page import status_page
-
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/status", status_page)
@@ -356,6 +359,3 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/adjustments", adjust)
     app.router.add_get("/v1/conflicts", list_conflicts)
 
-
-def clock_default() -> float:
-    return time.time()
