@@ -29,6 +29,11 @@ from protocol import (
     uuid7,
 )
 from protocol import normalize as norm
+from protocol.earning import Customer as RulesCustomer
+from protocol.earning import EarnBreakdown, compute_earn
+from protocol.rewards import max_loyalty_tender
+from protocol.rules import earning_rules
+from protocol.sale import Sale
 from protocol.validate import MAX_AMOUNT, MAX_POINTS
 
 from . import writes
@@ -36,6 +41,7 @@ from .appkeys import AUTH, CLOCK, STORE, SYNC, TERMINAL_ID
 from .errors import EdgeError, InvalidInput, NotFound, StoreError, Unprocessable
 from .inputs import check_fields, get_bool, get_int, get_object, get_str, get_str_list, read_json
 from .openapi import document
+from .sale_input import parse_sale
 from .status_page import snapshot, status_page
 from .terminals import redeem_pairing_code
 
@@ -252,19 +258,35 @@ def _program(request: web.Request) -> Program:
     return program
 
 
+def _sale_earning(sale: Sale, program: Program, now: int) -> EarnBreakdown:
+    return compute_earn(sale, earning_rules(program), RulesCustomer(), now)
+
+
 async def earn(request: web.Request) -> web.Response:
+    """Either a whole sale (lines, discounts, tenders: the rules decide), or a
+    paid amount (the program's ratio only, for terminals that send no lines)."""
     program = _program(request)
 
     def build(body: dict[str, Any], terminal_id: str, now: int) -> writes.Action:
-        check_fields(body, {"customer_id", "sale_id", "amount", "state"})
-        state = get_str(body, "state", 16)
-        if state not in ("paid", "closed", "open"):
-            raise InvalidInput("state must be paid, closed or open", code="invalid_value", field="state")
-        if state == "open":
-            raise Unprocessable("only a fully paid sale earns", code="sale_not_paid", field="state")
-        amount = get_int(body, "amount", 1, MAX_AMOUNT)
-        sale_id = get_str(body, "sale_id", 64)
-        assert sale_id is not None
+        if "sale" in body:
+            check_fields(body, {"customer_id", "sale"})
+            sale = parse_sale(get_object(body, "sale"))
+            breakdown = _sale_earning(sale, program, now)
+            if breakdown.reason == "not_paid":
+                raise Unprocessable("only a fully paid sale earns", code="sale_not_paid", field="sale.state")
+            if sale.total <= 0:
+                raise Unprocessable("a sale of nothing earns nothing", code="empty_sale", field="sale")
+            sale_id, amount, points = sale.sale_id, sale.total, breakdown.total
+        else:
+            check_fields(body, {"customer_id", "sale_id", "amount", "state"})
+            state = get_str(body, "state", 16)
+            if state not in ("paid", "closed", "open"):
+                raise InvalidInput("state must be paid, closed or open", code="invalid_value", field="state")
+            if state == "open":
+                raise Unprocessable("only a fully paid sale earns", code="sale_not_paid", field="state")
+            amount = get_int(body, "amount", 1, MAX_AMOUNT)
+            sale_id = str(get_str(body, "sale_id", 64))
+            points = earn_points(amount, program)
         op = Earn(
             op_id=uuid7(now),
             at=now,
@@ -272,12 +294,42 @@ async def earn(request: web.Request) -> web.Response:
             customer_id=_customer_id(body.get("customer_id")),
             sale_id=sale_id,
             amount=amount,
-            points=earn_points(amount, program),
+            points=points,
             program_version=program.version,
         )
         return writes.earn(op)
 
     return await _write(request, build)
+
+
+async def quote(request: web.Request) -> web.Response:
+    """What a sale would earn, and what the customer may spend on it. Stores nothing."""
+    program = _program(request)
+    body = await read_json(request)
+    check_fields(body, {"sale"}, {"customer_id"})
+    sale = parse_sale(get_object(body, "sale"))
+    breakdown = _sale_earning(sale, program, _now_ms(request))
+    answer: dict[str, Any] = {
+        "sale_id": sale.sale_id,
+        "program_version": program.version,
+        "points": breakdown.total,
+        "reason": breakdown.reason,
+        "breakdown": {
+            "eligible_amount": breakdown.eligible_amount,
+            "ratio_points": breakdown.ratio_points,
+            "custom_points": breakdown.custom_points,
+            "item_points": breakdown.item_points,
+            "visit_points": breakdown.visit_points,
+            "bonus_points": breakdown.bonus_points,
+        },
+        "available": None,
+        "max_loyalty_tender": None,
+    }
+    if body.get("customer_id") is not None:
+        available = request.app[STORE].customer(_customer_id(body["customer_id"]))["balance"]["available"]
+        answer["available"] = available
+        answer["max_loyalty_tender"] = max_loyalty_tender(sale, available)
+    return web.json_response(answer)
 
 
 async def redeem(request: web.Request) -> web.Response:
@@ -354,6 +406,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/customers/{customer_id}", get_customer)
     app.router.add_patch("/v1/customers/{customer_id}", update_customer)
     app.router.add_post("/v1/earns", earn)
+    app.router.add_post("/v1/quote", quote)
     app.router.add_post("/v1/redemptions", redeem)
     app.router.add_post("/v1/sales/{sale_id}/void", void_sale)
     app.router.add_post("/v1/adjustments", adjust)

@@ -106,14 +106,67 @@ SCHEMAS: dict[str, Any] = {
         },
     },
     "Earn": {
+        "description": "A whole sale (the program's rules decide), or a paid amount (the ratio only).",
+        "oneOf": [
+            {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["customer_id", "sale"],
+                "properties": {"customer_id": {"type": "string", "format": "uuid"}, "sale": _ref("Sale")},
+            },
+            {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["customer_id", "sale_id", "amount", "state"],
+                "properties": {
+                    "customer_id": {"type": "string", "format": "uuid"},
+                    "sale_id": {"type": "string", "maxLength": 64},
+                    "amount": {"type": "integer", "minimum": 1, "maximum": MAX_AMOUNT, "description": "minor units"},
+                    "state": {"enum": ["paid", "closed", "open"], "description": "only paid or closed sales earn"},
+                },
+            },
+        ],
+    },
+    "Sale": {
         "type": "object",
         "additionalProperties": False,
-        "required": ["customer_id", "sale_id", "amount", "state"],
+        "required": ["sale_id", "lines", "state"],
         "properties": {
-            "customer_id": {"type": "string", "format": "uuid"},
             "sale_id": {"type": "string", "maxLength": 64},
-            "amount": {"type": "integer", "minimum": 1, "maximum": MAX_AMOUNT, "description": "minor units"},
-            "state": {"enum": ["paid", "closed", "open"], "description": "only paid or closed sales earn"},
+            "state": {"enum": ["open", "paid", "closed"]},
+            "sale_discount": {"type": "integer", "minimum": 0, "description": "sale-wide; earns as if absent"},
+            "lines": {"type": "array", "minItems": 1, "maxItems": 500, "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["line_id", "sku", "quantity", "unit_price"],
+                "properties": {
+                    "line_id": {"type": "string"}, "sku": {"type": "string"}, "category": {"type": "string"},
+                    "quantity": {"type": "integer", "minimum": 1}, "unit_price": {"type": "integer", "minimum": 0},
+                    "line_discount": {"type": "integer", "minimum": 0}, "tax": {"type": "integer", "minimum": 0},
+                },
+            }},
+            "tenders": {"type": "array", "maxItems": 20, "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["kind", "amount"],
+                "properties": {
+                    "kind": {"enum": ["cash", "card", "gift_card", "loyalty"]},
+                    "amount": {"type": "integer", "minimum": 1},
+                    "card_token": {"type": "string", "description": "the processor's token; a card number is refused"},
+                },
+            }},
+        },
+    },
+    "Quote": {
+        "type": "object",
+        "properties": {
+            "sale_id": {"type": "string"},
+            "program_version": {"type": "integer"},
+            "points": {"type": "integer"},
+            "reason": {"type": ["string", "null"], "description": "why nothing is earned, if so"},
+            "breakdown": {"type": "object"},
+            "available": {"type": ["integer", "null"]},
+            "max_loyalty_tender": {"type": ["integer", "null"], "description": "currency programs"},
         },
     },
     "Redeem": {
@@ -215,6 +268,12 @@ def document() -> dict[str, Any]:
             "/v1/earns": {"post": {"summary": "Record the earn of a paid sale", "parameters": [IDEMPOTENCY],
                                    "requestBody": _body(_ref("Earn")),
                                    "responses": _ok("201", _ref("OpAnswer"), "queued durably")}},
+            "/v1/quote": {"post": {"summary": "What a sale would earn and what may be spent on it; stores nothing",
+                                   "requestBody": _body({"type": "object", "additionalProperties": False,
+                                                         "required": ["sale"], "properties": {
+                                                             "sale": _ref("Sale"),
+                                                             "customer_id": {"type": "string", "format": "uuid"}}}),
+                                   "responses": _ok("200", _ref("Quote"), "the quote")}},
             "/v1/redemptions": {"post": {"summary": "Redeem points (up to the available balance)",
                                          "parameters": [IDEMPOTENCY], "requestBody": _body(_ref("Redeem")),
                                          "responses": _ok("201", _ref("OpAnswer"), "queued durably")}},

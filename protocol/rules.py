@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .earning import EarningRules
 from .errors import LocalProtocolError
 from .validate import MAX_AMOUNT, MAX_POINTS, check_range, check_text, check_types
 
@@ -45,3 +46,8 @@ def available_points(confirmed: int, pending_debits: int) -> int:
     Pending earns do not count: the cloud may still refuse or reverse them.
     """
     return max(0, confirmed - pending_debits)
+
+
+def earning_rules(program: Program) -> EarningRules:
+    """The earning rules a program version implies."""
+    return EarningRules(points_per_unit=program.points_per_unit, unit_amount=program.unit_amount)
