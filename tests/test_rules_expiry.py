@@ -1,0 +1,55 @@
+"""Points expiry: after N months from earning (oldest first), or after N months without activity."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from protocol import LocalProtocolError
+from protocol.expiry import ExpiryMode, ExpiryPolicy, Lot, add_months, expire, expiring_within, spend
+
+
+def ms(text: str) -> int:
+    return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp() * 1000)
+
+
+def test_calendar_months_clamp_to_the_end_of_a_shorter_month() -> None:
+    assert add_months(ms("2026-01-31T10:00:00"), 1) == ms("2026-02-28T10:00:00")
+    assert add_months(ms("2026-11-15T00:00:00"), 3) == ms("2027-02-15T00:00:00")
+    assert add_months(ms("2024-02-29T00:00:00"), 12) == ms("2025-02-28T00:00:00")
+
+
+LOTS = (Lot(ms("2026-01-10T00:00:00"), 100), Lot(ms("2026-03-05T00:00:00"), 50), Lot(ms("2026-06-01T00:00:00"), 20))
+
+
+def test_spending_takes_the_oldest_points_first() -> None:
+    assert spend(LOTS, 120) == (Lot(ms("2026-03-05T00:00:00"), 30), Lot(ms("2026-06-01T00:00:00"), 20))
+    with pytest.raises(LocalProtocolError):
+        spend(LOTS, 171)
+
+
+def test_after_earned_expires_each_lot_on_its_own_date() -> None:
+    policy = ExpiryPolicy(ExpiryMode.AFTER_EARNED, 6)
+    gone, kept = expire(LOTS, policy, last_activity_at=ms("2026-09-01T00:00:00"), now=ms("2026-08-01T00:00:00"))
+    assert gone == 100 and kept == LOTS[1:]  # January's lot died on 10 July
+    # On 15 August, the March lot (expiring 5 September) is within 30 days; June's is not.
+    assert expiring_within(kept, policy, ms("2026-09-01T00:00:00"), ms("2026-08-15T00:00:00")) == 50
+    # Spent points cannot expire: after spending 120, only 30 of March's lot can.
+    after_spend = spend(LOTS, 120)
+    assert expire(after_spend, policy, 0, ms("2026-09-06T00:00:00"))[0] == 30
+
+
+def test_inactivity_expires_everything_n_months_after_the_last_activity() -> None:
+    policy = ExpiryPolicy(ExpiryMode.INACTIVITY, 12)
+    last = ms("2026-06-01T00:00:00")
+    assert expire(LOTS, policy, last, ms("2027-05-31T23:59:59"))[0] == 0
+    assert expiring_within(LOTS, policy, last, ms("2027-05-15T00:00:00")) == 170
+    assert expire(LOTS, policy, last, ms("2027-06-01T00:00:00")) == (170, ())
+
+
+def test_no_expiry_and_bad_settings() -> None:
+    assert expire(LOTS, ExpiryPolicy(), 0, ms("2099-01-01T00:00:00")) == (0, LOTS)
+    for kwargs in ({"mode": "after_earned", "months": 0}, {"mode": "none", "months": 3}, {"mode": "weekly"}):
+        with pytest.raises(LocalProtocolError):
+            ExpiryPolicy(**kwargs)  # type: ignore[arg-type]
