@@ -198,6 +198,9 @@ def main() -> int:
                 runs = [pyload("earn", edge_url, conns, args.seconds, token, args.customers, f"py{conns}-{i}")
                         for i in range(args.repeats)]
                 results[f"py_earn_{conns}"] = median_run(runs)
+        from bench.rules_bench import run as run_rules
+
+        results["rules"] = run_rules()
         if not args.skip_sync:
             from bench.sync_bench import run_sync_bench
 
@@ -229,6 +232,8 @@ def print_report(r: dict[str, Any]) -> None:
                      f"  ratio {r[f'py_lookup_ratio_{conns}']:.0%}  errors {lk['errors_status']}")
         lines.append(f"  durable earns,   {conns:>2} terminals: {e['rps']:>8.0f} req/s  p50 {ms(e['p50_us'])}"
                      f"  p99 {ms(e['p99_us'])}  errors {e['errors_status']}")
+    lines.append(f"  earning rules, {r['rules']['lines']}-line basket with promotions: "
+                 f"{r['rules']['rules_us_per_earn_median']} µs per earn (median)")
     if "sync" in r:
         s = r["sync"]
         lines.append(f"  sync of {s['ops']:,} queued ops to the cloud: {s['seconds']:.1f} s"
