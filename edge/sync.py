@@ -13,9 +13,10 @@ import contextlib
 import logging
 import os
 import random
+import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -32,8 +33,9 @@ from protocol import (
 )
 
 from .backoff import Backoff
+from .db import connect
 from .errors import CloudRefused, CloudUnavailable, StoreError
-from .outbox import Identity, apply_ack, apply_downlink, next_batch
+from .outbox import Identity, NewBatch, PendingBatch, apply_ack, apply_downlink, prepare_batch, store_batch
 from .store import EdgeStore
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,7 @@ class SyncStatus:
     ops_acked: int = 0
     ops_refused: int = 0
     clock_skew_ms: int | None = None
+    errors: dict[str, int] = field(default_factory=dict)  # failed rounds by error class, for metrics
 
 
 class SyncTask:
@@ -119,6 +122,7 @@ class SyncTask:
             status.reachable = not isinstance(exc, CloudUnavailable)
             status.last_error = f"{type(exc).__name__}: {exc}"
             status.last_error_at = self.clock()
+            status.errors[type(exc).__name__] = status.errors.get(type(exc).__name__, 0) + 1
             delay = self.backoff.delay(status.attempt, self.rand)
             status.next_retry_at = self.clock() + delay
             log.warning("sync failed (attempt %d, retry in %.1fs): %s", status.attempt, delay, status.last_error)
@@ -137,7 +141,7 @@ class SyncTask:
         """Send batches until the outbox is drained; return how many were acked."""
         sent = 0
         while True:
-            pending = await self.store.write(next_batch(self.identity, self._now_ms(), self.batch_size))
+            pending = await self._next_batch()
             if pending is None:
                 return sent
             reply = await self.client.post_envelope("/v1/batches", pending.envelope)
@@ -157,6 +161,26 @@ class SyncTask:
             sent += 1
             if counts["refused"]:
                 log.warning("batch %d: the cloud refused %d ops", ack.seq, counts["refused"])
+
+    async def _next_batch(self) -> PendingBatch | None:
+        """The batch to send: prepared on a worker thread, stored by the writer."""
+        loop = asyncio.get_running_loop()
+        while True:
+            now = self._now_ms()
+            prepared = await loop.run_in_executor(None, self._prepare, now)
+            if prepared is None or isinstance(prepared, PendingBatch):
+                return prepared
+            if await self.store.write(store_batch(prepared, now)):
+                return prepared.batch
+
+    def _prepare(self, now: int) -> PendingBatch | NewBatch | None:
+        conn = connect(self.store.path, readonly=True)
+        try:
+            return prepare_batch(conn, self.identity, now, self.batch_size)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the outbox: {exc}") from exc
+        finally:
+            conn.close()
 
     async def pull(self) -> None:
         """Fetch changes since our cursor until the cloud has no more."""

@@ -154,3 +154,26 @@ async def test_pruning_keeps_the_chain_and_forgets_old_rows(tmp_path: Path, clou
         assert edge.balance(customer) == {"confirmed": 15, "pending": 0, "available": 15}
     finally:
         await edge.close()
+
+
+async def test_a_batch_prepared_from_a_stale_outbox_is_not_stored(tmp_path: Path, cloud: cloudkit.Cloud) -> None:
+    from edge.db import connect
+    from edge.outbox import NewBatch, prepare_batch, store_batch
+
+    edge = await linked_edge(tmp_path, cloud, "store-r", 3)
+    try:
+        customer = await edge.enroll("Race", "+15550004444")
+        await edge.earn(customer, "r-1", 500)
+        conn = connect(edge.store.path, readonly=True)
+        try:
+            first = prepare_batch(conn, edge.sync.identity, edge.now(), 1000)
+            second = prepare_batch(conn, edge.sync.identity, edge.now(), 1000)
+        finally:
+            conn.close()
+        assert isinstance(first, NewBatch) and isinstance(second, NewBatch)
+        assert await edge.store.write(store_batch(first, edge.now())) is True
+        assert await edge.store.write(store_batch(second, edge.now())) is False  # its ops are batched already
+        await edge.sync_until_drained()
+        assert edge.sync.status.batches_acked == 1
+    finally:
+        await edge.close()
