@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from edge.discovery import discover_edges
 
 from .edgekit import Terminal
 from .processkit import CloudProcess, EdgeProcess
+
+RUN = uuid.uuid4().hex[:8]  # store names are advertised on the shared loopback: keep ours apart
 
 pytestmark = pytest.mark.slow
 
@@ -58,14 +61,14 @@ async def test_offline_terminal_work_converges_when_the_cloud_returns(
     tmp_path: Path, session: aiohttp.ClientSession
 ) -> None:
     cloud = CloudProcess(tmp_path)
-    edge = EdgeProcess(tmp_path, cloud, "store-a", zeroconf=True)
+    edge = EdgeProcess(tmp_path, cloud, f"store-a-{RUN}", zeroconf=True)
     try:
         cloud.service.start()
         edge.service.start()
         await eventually(lambda: has_program(session, edge), what="the program to reach the edge")
         cloud.service.stop()  # the internet goes down
 
-        found = await discover_edges(3.0, interfaces=["127.0.0.1"], store_id="store-a")
+        found = await discover_edges(3.0, interfaces=["127.0.0.1"], store_id=f"store-a-{RUN}")
         assert len(found) == 1 and found[0].port == edge.port and found[0].fingerprint == edge.key_id
         terminal = await paired(session, edge, base=found[0].url)
         customer = await terminal.enroll("Offline Olga", phone="+15145550200")
@@ -82,7 +85,7 @@ async def test_offline_terminal_work_converges_when_the_cloud_returns(
 
         await eventually(converged, what="the edge to converge")
         assert cloud.query("SELECT balance FROM customers WHERE customer_id = ?", cid) == [(161,)]
-        assert cloud.query("SELECT COUNT(*) FROM ops WHERE store_id = 'store-a'") == [(4,)]
+        assert cloud.query("SELECT COUNT(*) FROM ops WHERE store_id = ?", edge.store_id) == [(4,)]
     finally:
         edge.service.ensure_stopped()
         cloud.service.ensure_stopped()
@@ -90,8 +93,8 @@ async def test_offline_terminal_work_converges_when_the_cloud_returns(
 
 async def test_two_offline_edges_redeem_the_same_points(tmp_path: Path, session: aiohttp.ClientSession) -> None:
     cloud = CloudProcess(tmp_path)
-    a = EdgeProcess(tmp_path, cloud, "store-a")
-    b = EdgeProcess(tmp_path, cloud, "store-b")
+    a = EdgeProcess(tmp_path, cloud, f"store-a-{RUN}")
+    b = EdgeProcess(tmp_path, cloud, f"store-b-{RUN}")
     try:
         cloud.service.start()
         a.service.start()
@@ -130,7 +133,7 @@ async def test_two_offline_edges_redeem_the_same_points(tmp_path: Path, session:
 
 async def test_kill_9_during_a_burst_loses_no_acknowledged_op(tmp_path: Path, session: aiohttp.ClientSession) -> None:
     cloud = CloudProcess(tmp_path)
-    edge = EdgeProcess(tmp_path, cloud, "store-k")
+    edge = EdgeProcess(tmp_path, cloud, f"store-k-{RUN}")
     try:
         cloud.service.start()
         edge.service.start()
@@ -163,7 +166,7 @@ async def test_kill_9_during_a_burst_loses_no_acknowledged_op(tmp_path: Path, se
             return rows == [(0,)]
 
         await eventually(drained, what="the restarted edge to drain its outbox")
-        in_cloud = dict(cloud.query("SELECT op_id, status FROM ops WHERE store_id = 'store-k'"))
+        in_cloud = dict(cloud.query("SELECT op_id, status FROM ops WHERE store_id = ?", edge.store_id))
         missing = [op for op in acknowledged if op not in in_cloud]
         assert not missing, f"{len(missing)} acknowledged ops never reached the cloud"
         assert all(in_cloud[op] == "applied" for op in acknowledged)
@@ -183,11 +186,11 @@ async def _true_after(value: bool) -> bool:
 
 async def test_sigterm_drains_and_exits_cleanly(tmp_path: Path, session: aiohttp.ClientSession) -> None:
     cloud = CloudProcess(tmp_path)
-    edge = EdgeProcess(tmp_path, cloud, "store-t", zeroconf=True)
+    edge = EdgeProcess(tmp_path, cloud, f"store-t-{RUN}", zeroconf=True)
     try:
         edge.service.start()
         assert edge.service.stop() == 0
-        found = await discover_edges(1.5, interfaces=["127.0.0.1"], store_id="store-t")
+        found = await discover_edges(1.5, interfaces=["127.0.0.1"], store_id=f"store-t-{RUN}")
         assert found == []  # unregistered on shutdown
     finally:
         edge.service.ensure_stopped()
