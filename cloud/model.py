@@ -7,8 +7,11 @@ Times are integer milliseconds since the epoch.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+import operator
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from protocol import Balance, OpResult, Program
 
@@ -191,3 +194,15 @@ class BalanceMismatch:
     customer_id: str
     balance: int
     entries_total: int
+
+
+_ROW_GETTERS: dict[type, Callable[[Any], tuple[Any, ...]]] = {}
+
+
+def astuple(obj: Any) -> tuple[Any, ...]:
+    """A record's fields in declaration order, which is the column order of its table in every backend."""
+    getter = _ROW_GETTERS.get(type(obj))
+    if getter is None:
+        getter = _ROW_GETTERS[type(obj)] = operator.attrgetter(*(f.name for f in dataclasses.fields(obj)))
+    row: tuple[Any, ...] = getter(obj)
+    return row

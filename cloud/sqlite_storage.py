@@ -12,12 +12,10 @@ executemany, one aiosqlite round trip per statement.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
-import operator
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -43,6 +41,7 @@ from .model import (
     SaleState,
     StoredBatch,
     StoreRecord,
+    astuple,
 )
 from .sqlite_schema import MIGRATIONS, MIGRATIONS_TABLE
 
@@ -170,7 +169,7 @@ class _SQLiteTx:
     async def save_batch(self, commit: BatchCommit) -> None:
         conn, out = self._conn, commit.outcome
         await _many(
-            conn, f"INSERT INTO ops ({_OP_COLS}) VALUES ({_marks(_OP_COLS)})", (_astuple(r) for r in out.ops)
+            conn, f"INSERT INTO ops ({_OP_COLS}) VALUES ({_marks(_OP_COLS)})", (astuple(r) for r in out.ops)
         )
         await _many(
             conn,
@@ -178,25 +177,25 @@ class _SQLiteTx:
             " ON CONFLICT (customer_id) DO UPDATE SET name = excluded.name, phone = excluded.phone,"
             " email = excluded.email, card_code = excluded.card_code, balance = excluded.balance,"
             " version = excluded.version, updated_at = excluded.updated_at",
-            (_astuple(c) for c in out.customers),
+            (astuple(c) for c in out.customers),
         )
         await _many(
             conn,
             f"INSERT INTO sales ({_SALE_COLS}) VALUES ({_marks(_SALE_COLS)})"
             " ON CONFLICT (store_id, sale_id) DO UPDATE SET earned = excluded.earned,"
             " redeemed = excluded.redeemed, voided_by = excluded.voided_by, voided_at = excluded.voided_at",
-            (_astuple(s) for s in out.sales),
+            (astuple(s) for s in out.sales),
         )
         await _many(
             conn,
             "INSERT INTO ledger_entries (customer_id, op_id, store_id, sale_id, kind, points, at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (_astuple(e) for e in out.entries),
+            (astuple(e) for e in out.entries),
         )
         await _many(
             conn,
             f"INSERT INTO conflicts ({_CONFLICT_COLS}) VALUES ({_marks(_CONFLICT_COLS)})",
-            (_astuple(c) for c in out.conflicts),
+            (astuple(c) for c in out.conflicts),
         )
         await _q(
             conn,
@@ -218,18 +217,6 @@ class _SQLiteTx:
         )
 
 
-_ROW_GETTERS: dict[type, Callable[[Any], tuple[Any, ...]]] = {}
-
-
-def _astuple(obj: Any) -> tuple[Any, ...]:
-    """A record's fields in declaration order, which is the column order of its table."""
-    getter = _ROW_GETTERS.get(type(obj))
-    if getter is None:
-        getter = _ROW_GETTERS[type(obj)] = operator.attrgetter(*(f.name for f in dataclasses.fields(obj)))
-    row: tuple[Any, ...] = getter(obj)
-    return row
-
-
 class SQLiteStorage:
     """The SQLite ledger at ``path`` (created and migrated by ``open``)."""
 
@@ -240,6 +227,9 @@ class SQLiteStorage:
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
         self._read_lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"SQLiteStorage({str(self.path)!r})"
 
     # ---- lifecycle
 

@@ -1,9 +1,12 @@
 """The narrow storage interface the reconciler, the API and the CLI use.
 
-A backend (SQLite now, PostgreSQL later) implements ``Storage``. Batches are
-applied inside ``batch_tx()``: one write transaction that reads the store's
-chain head, loads the batch's state set-based, and writes every row of the
-outcome in bulk. Everything dialect-specific stays in the backend module.
+A backend (``sqlite_storage``, ``pg_storage``; ``config.make_storage`` picks
+one from the DSN) implements ``Storage``. Batches are applied inside
+``batch_tx()``: one write transaction that reads the store's chain head, loads
+the batch's state set-based, and writes every row of the outcome in bulk.
+It must keep the balance check exact however many batches run at once (one
+SQLite writer; row locks on PostgreSQL). Everything dialect-specific stays in
+the backend modules.
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ class Storage(Protocol):
         """Raise StoreError unless the database answers a trivial read."""
 
     def batch_tx(self) -> AbstractAsyncContextManager[LedgerTx]:
-        """The single-writer transaction a batch is applied in."""
+        """The write transaction a batch is applied in, isolated from every other batch's."""
         ...
 
     # ---- reads

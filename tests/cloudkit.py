@@ -1,28 +1,35 @@
 """Helpers for the cloud tests: a seeded ledger behind a real aiohttp server,
 store signers that build real signed batches and pulls, op builders, and a
-raw snapshot of every ledger table (read with plain sqlite3, not through the
-code under test) to prove that a refused request changed nothing.
+raw snapshot of every ledger table (read with plain sqlite3 or a plain
+asyncpg connection, not through the code under test) to prove that a
+refused request changed nothing. ``Backend`` names the ledger a test runs
+on (see tests/conftest.py): SQLite in the data directory, or a PostgreSQL
+schema of its own.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import asyncpg
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud.api import MSGPACK, STORAGE
 from cloud.app import make_app
+from cloud.config import DataDir, make_storage
 from cloud.keys import CloudKey, create_key
-from cloud.sqlite_storage import SQLiteStorage
+from cloud.storage import Storage
 from protocol import (
     GENESIS_HASH,
     Ack,
@@ -54,6 +61,10 @@ TABLES = (
     "brands", "programs", "stores", "store_keys", "customers", "sales", "ops",
     "ledger_entries", "conflicts", "batches", "counters",
 )
+
+PG_DSN_ENV = "LOYALTY_TEST_PG_DSN"
+DEFAULT_PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+T = TypeVar("T")
 
 
 def now_ms() -> int:
@@ -164,11 +175,12 @@ class Cloud:
     """A running cloud: HTTP client, storage handle, key, clock and paths."""
 
     client: TestClient[Any, Any]
-    storage: SQLiteStorage
+    storage: Storage
     key: CloudKey
     clock: Clock
-    db_path: Path
+    db_path: Path  # the SQLite file (absent on PostgreSQL)
     stores: dict[str, StoreSigner]
+    backend: Backend
 
     async def post(self, path: str, data: bytes, **headers: str) -> tuple[int, bytes]:
         resp = await self.client.post(path, data=data, headers={"Content-Type": MSGPACK, **headers})
@@ -196,8 +208,126 @@ class Cloud:
         assert status == 200, body
         return open_downlink(body, self.key.public), nonce
 
-    def snapshot(self) -> dict[str, list[tuple[Any, ...]]]:
-        return db_snapshot(self.db_path)
+    async def snapshot(self) -> dict[str, list[tuple[Any, ...]]]:
+        return await self.backend.snapshot(self.db_path)
+
+    async def balances(self) -> dict[str, int]:
+        return await self.backend.balances(self.db_path)
+
+    async def execute(self, sql: str) -> None:
+        await self.backend.execute(self.db_path, sql)
+
+
+# ---- backends
+
+
+def base_pg_dsn() -> str:
+    return os.environ.get(PG_DSN_ENV) or DEFAULT_PG_DSN
+
+
+def pg_dsn(schema: str) -> str:
+    """The test DSN with ``schema`` as its search path (asyncpg passes it as a server setting)."""
+    base = base_pg_dsn()
+    return f"{base}{'&' if '?' in base else '?'}search_path={schema}"
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from sync code, even inside a running loop's thread."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+async def _pg(dsn: str, sql: str) -> list[tuple[Any, ...]]:
+    try:
+        conn = await asyncpg.connect(dsn, timeout=10)
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+        raise RuntimeError(
+            f"PostgreSQL at {dsn} is not reachable ({exc}); start it or point {PG_DSN_ENV} at one"
+        ) from exc
+    try:
+        return [tuple(r) for r in await conn.fetch(sql)]
+    finally:
+        await conn.close()
+
+
+async def run_async_rows(dsn: str, sql: str) -> list[tuple[Any, ...]]:
+    """Rows from a fresh connection of its own (outside any pool under test)."""
+    return await _pg(dsn, sql)
+
+
+def create_pg_schema() -> str:
+    schema = "t_" + uuid.uuid4().hex
+    run_sync(_pg(base_pg_dsn(), f"CREATE SCHEMA {schema}"))
+    return schema
+
+
+def drop_pg_schema(schema: str) -> None:
+    run_sync(_pg(base_pg_dsn(), f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+
+
+def pg_schema_exists(schema: str) -> bool:
+    rows = run_sync(_pg(base_pg_dsn(), f"SELECT 1 FROM pg_namespace WHERE nspname = '{schema}'"))
+    return bool(rows)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """The ledger a test runs on: SQLite (dsn None) or a PostgreSQL schema of its own."""
+
+    name: str
+    dsn: str | None
+    schema: str | None = None
+
+    @property
+    def cli_args(self) -> tuple[str, ...]:
+        return () if self.dsn is None else ("--dsn", self.dsn)
+
+    def storage(self, data_dir: Path) -> Storage:
+        return make_storage(self.dsn, DataDir(data_dir))
+
+    async def rows(self, db_path: Path, sql: str) -> list[tuple[Any, ...]]:
+        """Rows read directly (sqlite3 or a plain asyncpg connection), not through the code under test."""
+        if self.dsn is not None:
+            return await _pg(self.dsn, sql)
+        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+        try:
+            return conn.execute(sql).fetchall()
+        finally:
+            conn.close()
+
+    async def execute(self, db_path: Path, sql: str) -> None:
+        if self.dsn is not None:
+            await _pg(self.dsn, sql)
+            return
+        with sqlite3.connect(db_path) as conn:
+            conn.execute(sql)
+        conn.close()
+
+    async def snapshot(self, db_path: Path) -> dict[str, list[tuple[Any, ...]]]:
+        """Every row of every ledger table (ids and blobs compare equal across reads)."""
+        return {t: sorted(await self.rows(db_path, f"SELECT * FROM {t}"), key=repr) for t in TABLES}
+
+    async def balances(self, db_path: Path) -> dict[str, int]:
+        return dict(await self.rows(db_path, "SELECT customer_id, balance FROM customers"))
+
+    def snapshot_sync(self, db_path: Path) -> dict[str, list[tuple[Any, ...]]]:
+        return run_sync(self.snapshot(db_path))
+
+    def rows_sync(self, db_path: Path, sql: str) -> list[tuple[Any, ...]]:
+        return run_sync(self.rows(db_path, sql))
+
+
+SQLITE = Backend("sqlite", None)
+
+
+@contextmanager
+def pg_backend() -> Iterator[Backend]:
+    """A PostgreSQL backend on a fresh schema, dropped on exit."""
+    schema = create_pg_schema()
+    try:
+        yield Backend("postgres", pg_dsn(schema), schema)
+    finally:
+        drop_pg_schema(schema)
 
 
 def db_snapshot(db_path: Path) -> dict[str, list[tuple[Any, ...]]]:
@@ -217,7 +347,7 @@ def balances_in_db(db_path: Path) -> dict[str, int]:
         conn.close()
 
 
-async def seed(storage: SQLiteStorage, stores: dict[str, StoreSigner]) -> None:
+async def seed(storage: Storage, stores: dict[str, StoreSigner]) -> None:
     """Brands acme (program v1: 1 point per 100) and zeta; stores a, b (acme) and z (zeta)."""
     now = now_ms()
     await storage.add_brand(BRAND, "Acme Coffee", now)
@@ -229,21 +359,19 @@ async def seed(storage: SQLiteStorage, stores: dict[str, StoreSigner]) -> None:
 
 
 @asynccontextmanager
-async def running_cloud(tmp_path: Path) -> AsyncIterator[Cloud]:
+async def running_cloud(tmp_path: Path, backend: Backend = SQLITE) -> AsyncIterator[Cloud]:
     """A seeded cloud on 127.0.0.1 (random port) with a fresh data dir under tmp_path."""
     data = tmp_path / "cloud"
     data.mkdir(mode=0o700)
     key = create_key(data / "cloud.key")
     clock = Clock()
-    db_path = data / "cloud.sqlite3"
-    app = make_app(db_path, key, clock=clock)
+    app = make_app(lambda: backend.storage(data), key, clock=clock)
     client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1", port=0))
     await client.start_server()
     try:
         storage = app[STORAGE]
-        assert isinstance(storage, SQLiteStorage)
         stores: dict[str, StoreSigner] = {}
         await seed(storage, stores)
-        yield Cloud(client, storage, key, clock, db_path, stores)
+        yield Cloud(client, storage, key, clock, DataDir(data).db_file, stores, backend)
     finally:
         await client.close()

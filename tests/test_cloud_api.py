@@ -1,5 +1,5 @@
 """The cloud's HTTP contract, end to end: a real aiohttp server on 127.0.0.1,
-a real SQLite file, real Ed25519 signatures."""
+a real ledger (SQLite file, then a PostgreSQL schema), real Ed25519 signatures."""
 
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ APPLIED, REFUSED = OpStatus.APPLIED, OpStatus.REFUSED
 
 
 @pytest.fixture
-async def cloud_env(tmp_path: Any) -> AsyncIterator[k.Cloud]:
-    async with k.running_cloud(tmp_path) as cloud:
+async def cloud_env(tmp_path: Any, backend: k.Backend) -> AsyncIterator[k.Cloud]:
+    async with k.running_cloud(tmp_path, backend) as cloud:
         yield cloud
 
 
@@ -45,11 +45,11 @@ def results(ack: Ack) -> list[tuple[OpStatus, str | None, int]]:
 
 async def refused(cloud: k.Cloud, path: str, data: bytes, status: int, code: str) -> dict[str, Any]:
     """Post, expect the JSON error, and prove the ledger did not change."""
-    before = cloud.snapshot()
+    before = await cloud.snapshot()
     got_status, error = await cloud.post_json_error(path, data)
     assert (got_status, error["code"]) == (status, code), error
     assert isinstance(error["message"], str) and error["message"]
-    assert cloud.snapshot() == before
+    assert await cloud.snapshot() == before
     return error
 
 
@@ -75,7 +75,7 @@ async def test_happy_path_balances_and_ack(cloud_env: k.Cloud) -> None:
     assert [r.op_id for r in ack.results] == [op.op_id for op in ops]
     (balance,) = ack.balances
     assert (balance.customer_id, balance.points) == (cid, 25)
-    assert k.balances_in_db(cloud_env.db_path) == {cid: 25}
+    assert await cloud_env.balances() == {cid: 25}
     assert await cloud_env.storage.audit_balances() == []
 
     store.advance(batch_hash)
@@ -95,12 +95,12 @@ async def test_resent_batch_returns_byte_identical_ack_and_applies_nothing(cloud
     assert status == 200
     store.advance(batch_hash)
     await cloud_env.send(store, [k.earn(cid, "s2", 1)])  # the resend is now seq <= last
-    before = cloud_env.snapshot()
+    before = await cloud_env.snapshot()
     for _ in range(2):
         status, again = await cloud_env.post("/v1/batches", data)
         assert status == 200 and again == first
-    assert cloud_env.snapshot() == before
-    assert k.balances_in_db(cloud_env.db_path) == {cid: 11}
+    assert await cloud_env.snapshot() == before
+    assert await cloud_env.balances() == {cid: 11}
 
 
 async def test_op_resent_in_a_later_batch_keeps_its_first_result(cloud_env: k.Cloud) -> None:
@@ -110,7 +110,7 @@ async def test_op_resent_in_a_later_batch_keeps_its_first_result(cloud_env: k.Cl
     await cloud_env.send(store, [enroll, earn])
     ack, _ = await cloud_env.send(store, [earn, enroll, k.earn(cid, "s2", 3)])
     assert results(ack) == [(APPLIED, None, 10), (APPLIED, None, 0), (APPLIED, None, 3)]
-    assert k.balances_in_db(cloud_env.db_path) == {cid: 13}
+    assert await cloud_env.balances() == {cid: 13}
 
 
 async def test_same_op_id_with_other_content_is_refused(cloud_env: k.Cloud) -> None:
@@ -121,7 +121,7 @@ async def test_same_op_id_with_other_content_is_refused(cloud_env: k.Cloud) -> N
     forged = k.earn(cid, "s1", 9999, op_id=earn.op_id)
     ack, _ = await cloud_env.send(store, [forged, k.earn(cid, "s2", 1)])
     assert results(ack) == [(REFUSED, "op_id_conflict", 0), (APPLIED, None, 1)]
-    assert k.balances_in_db(cloud_env.db_path) == {cid: 11}
+    assert await cloud_env.balances() == {cid: 11}
     assert await cloud_env.storage.audit_balances() == []
 
 
@@ -266,13 +266,13 @@ async def test_revoked_key_is_refused(cloud_env: k.Cloud) -> None:
 
 
 async def test_oversized_body_is_refused_before_reading(cloud_env: k.Cloud) -> None:
-    before = cloud_env.snapshot()
+    before = await cloud_env.snapshot()
     big = io.BytesIO(b"\x00" * (MAX_BATCH_BYTES + 1))
     resp = await cloud_env.client.post("/v1/batches", data=big, headers={"Content-Type": "application/x-msgpack"})
     assert resp.request_info.headers["Content-Length"] == str(MAX_BATCH_BYTES + 1)
     error = (await resp.json())["error"]
     assert (resp.status, error["code"], error["limit"]) == (413, "too_large", MAX_BATCH_BYTES)
-    assert cloud_env.snapshot() == before
+    assert await cloud_env.snapshot() == before
 
 
 async def test_oversized_chunked_body_is_refused_while_reading(cloud_env: k.Cloud) -> None:
@@ -280,11 +280,11 @@ async def test_oversized_chunked_body_is_refused_while_reading(cloud_env: k.Clou
         for _ in range(5):
             yield b"\x00" * (1024 * 1024)
 
-    before = cloud_env.snapshot()
+    before = await cloud_env.snapshot()
     resp = await cloud_env.client.post("/v1/batches", data=chunks(), headers={"Content-Type": "application/x-msgpack"})
     assert resp.status == 413 and (await resp.json())["error"]["code"] == "too_large"
     assert resp.request_info.headers.get("Transfer-Encoding") == "chunked"
-    assert cloud_env.snapshot() == before
+    assert await cloud_env.snapshot() == before
 
 
 async def test_oversized_pull_is_refused(cloud_env: k.Cloud) -> None:
@@ -305,11 +305,11 @@ async def test_wrong_envelope_type_is_refused(cloud_env: k.Cloud) -> None:
 
 async def test_garbage_and_wrong_media_type(cloud_env: k.Cloud) -> None:
     await refused(cloud_env, "/v1/batches", b"\xc1not msgpack", 400, "bad_encoding")
-    before = cloud_env.snapshot()
+    before = await cloud_env.snapshot()
     data, _ = cloud_env.stores["store-a"].batch([k.enroll()])
     resp = await cloud_env.client.post("/v1/batches", data=data, headers={"Content-Type": "application/json"})
     assert resp.status == 415 and (await resp.json())["error"]["code"] == "unsupported_media_type"
-    assert cloud_env.snapshot() == before
+    assert await cloud_env.snapshot() == before
 
 
 async def test_routing_errors_use_the_json_error_shape(cloud_env: k.Cloud) -> None:

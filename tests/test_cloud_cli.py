@@ -1,11 +1,11 @@
-"""``loyalty-cloud`` as operators run it: a real process per command."""
+"""``loyalty-cloud`` as operators run it: a real process per command, on each
+ledger backend (PostgreSQL through ``LOYALTY_CLOUD_DSN`` in the environment)."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-import sqlite3
 import stat
 import subprocess
 import sys
@@ -29,6 +29,16 @@ def cli(*args: str | Path, expect: int = 0) -> subprocess.CompletedProcess[str]:
     return proc
 
 
+@pytest.fixture(autouse=True)
+def ledger(backend: k.Backend, monkeypatch: pytest.MonkeyPatch) -> k.Backend:
+    """Every command of a test talks to the test's backend; the env var is how an operator selects it too."""
+    if backend.dsn is None:
+        monkeypatch.delenv("LOYALTY_CLOUD_DSN", raising=False)
+    else:
+        monkeypatch.setenv("LOYALTY_CLOUD_DSN", backend.dsn)
+    return backend
+
+
 @pytest.fixture
 def cloud_data(tmp_path: Path) -> Path:
     data = tmp_path / "data"
@@ -36,15 +46,16 @@ def cloud_data(tmp_path: Path) -> Path:
     return data
 
 
-def test_init_creates_private_files_and_is_idempotent(tmp_path: Path) -> None:
+def test_init_creates_private_files_and_is_idempotent(tmp_path: Path, ledger: k.Backend) -> None:
     data = tmp_path / "data"
     first = cli("init", "--data", data, "--json")
     info = json.loads(first.stdout)
     assert info["created"] is True and info["key_id"].startswith("ed25519:")
     assert stat.S_IMODE(data.stat().st_mode) == 0o700
     assert stat.S_IMODE((data / "cloud.key").stat().st_mode) == 0o600
-    with sqlite3.connect(data / "cloud.sqlite3") as conn:
-        assert [r[0] for r in conn.execute("SELECT name FROM migrations")] == ["0001_ledger"]
+    assert ledger.rows_sync(data / "cloud.sqlite3", "SELECT name FROM migrations") == [("0001_ledger",)]
+    # the ledger lives in exactly one place
+    assert (data / "cloud.sqlite3").exists() == (ledger.dsn is None)
     again = cli("init", "--data", data)
     assert again.stdout.split() == [info["key_id"], info["public_key"]]
     assert cli("public-key", "--data", data).stdout.split() == [info["key_id"], info["public_key"]]
@@ -60,7 +71,7 @@ def test_a_loose_key_file_is_refused(cloud_data: Path) -> None:
     assert stat.S_IMODE((cloud_data / "cloud.key").stat().st_mode) == 0o644  # reported, not silently fixed
 
 
-def test_brand_program_store_setup(cloud_data: Path) -> None:
+def test_brand_program_store_setup(cloud_data: Path, ledger: k.Backend) -> None:
     signer = k.StoreSigner("store-a")
     cli("brand", "add", "acme", "--name", "Acme Coffee", "--data", cloud_data)
     cli("program", "set", "acme", "--name", "Acme Rewards", "--points-per-unit", "1", "--unit-amount", "100",
@@ -74,12 +85,13 @@ def test_brand_program_store_setup(cloud_data: Path) -> None:
     (row,) = [json.loads(line) for line in cli("store", "list", "--json", "--data", cloud_data).stdout.splitlines()]
     assert (row["store_id"], row["brand_id"], row["last_seq"], row["key_ids"]) == ("store-a", "acme", 0,
                                                                                    [signer.key_id])
-    with sqlite3.connect(cloud_data / "cloud.sqlite3") as conn:
-        programs = conn.execute("SELECT version, name, points_per_unit FROM programs ORDER BY version").fetchall()
+    programs = ledger.rows_sync(
+        cloud_data / "cloud.sqlite3", "SELECT version, name, points_per_unit FROM programs ORDER BY version"
+    )
     assert programs == [(1, "Acme Rewards", 1), (2, "Double", 2)]
     assert cli("conflicts", "--data", cloud_data).stdout == ""
 
-    before = k.db_snapshot(cloud_data / "cloud.sqlite3")
+    before = ledger.snapshot_sync(cloud_data / "cloud.sqlite3")
     bad = [
         ("program", "set", "acme", "--name", "X", "--points-per-unit", "-1", "--unit-amount", "100"),
         ("program", "set", "acme", "--name", "X", "--points-per-unit", "1", "--unit-amount", "0"),
@@ -96,7 +108,7 @@ def test_brand_program_store_setup(cloud_data: Path) -> None:
     for args in bad:
         proc = cli(*args, "--data", cloud_data, expect=2)
         assert "error" in proc.stderr and proc.stdout == "", args
-    assert k.db_snapshot(cloud_data / "cloud.sqlite3") == before
+    assert ledger.snapshot_sync(cloud_data / "cloud.sqlite3") == before
 
 
 def test_commands_on_a_missing_data_dir_create_nothing(tmp_path: Path) -> None:
@@ -107,7 +119,7 @@ def test_commands_on_a_missing_data_dir_create_nothing(tmp_path: Path) -> None:
     assert not missing.exists()
 
 
-def test_serve_announces_its_port_answers_and_stops_on_sigterm(cloud_data: Path) -> None:
+def test_serve_announces_its_port_answers_and_stops_on_sigterm(cloud_data: Path, ledger: k.Backend) -> None:
     signer = k.StoreSigner("store-a")
     cli("brand", "add", "acme", "--name", "Acme", "--data", cloud_data)
     cli("store", "add", "store-a", "--brand", "acme", "--public-key", signer.public_raw.hex(), "--data", cloud_data)
@@ -156,9 +168,31 @@ def test_serve_announces_its_port_answers_and_stops_on_sigterm(cloud_data: Path)
             if stream is not None:
                 stream.close()
     # what the server acknowledged is in the database after it stopped
-    assert k.balances_in_db(cloud_data / "cloud.sqlite3") == {cid: 12}
+    assert k.run_sync(ledger.balances(cloud_data / "cloud.sqlite3")) == {cid: 12}
     lines = cli("store", "list", "--data", cloud_data).stdout
     assert "seq=1" in lines
     (conflict,) = [json.loads(line) for line in cli("conflicts", "--data", cloud_data).stdout.splitlines()]
     assert (conflict["op_id"], conflict["points_requested"], conflict["balance_available"]) == (over.op_id, 20, 12)
     assert cli("audit", "--data", cloud_data).stdout.startswith("ok")
+
+
+def test_dsn_flag_selects_postgres_and_bad_dsns_are_refused(tmp_path: Path, ledger: k.Backend,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LOYALTY_CLOUD_DSN", raising=False)
+    data = tmp_path / "data"
+    if ledger.dsn is None:  # a DSN that is not PostgreSQL is operator error, before anything is created
+        proc = cli("init", "--data", data, "--dsn", "mysql://root@127.0.0.1/x", expect=2)
+        assert "(dsn)" in proc.stderr and "postgresql://" in proc.stderr
+        assert not data.exists()
+        return
+    cli("init", "--data", data, "--dsn", ledger.dsn)
+    assert not (data / "cloud.sqlite3").exists()
+    cli("brand", "add", "acme", "--name", "Acme", "--data", data, "--dsn", ledger.dsn)
+    assert ledger.rows_sync(data, "SELECT brand_id FROM brands") == [("acme",)]
+    # the flag wins over the environment; without either, the verb looks for the SQLite ledger
+    monkeypatch.setenv("LOYALTY_CLOUD_DSN", "postgresql://postgres@127.0.0.1:1/nowhere")
+    assert cli("brand", "list", "--data", data, "--dsn", ledger.dsn).stdout.count('"acme"') == 1
+    proc = cli("brand", "list", "--data", data, expect=1)
+    assert proc.stderr.startswith("loyalty-cloud: database error: cannot open postgresql://postgres@127.0.0.1:1/")
+    monkeypatch.delenv("LOYALTY_CLOUD_DSN")
+    assert "not initialised" in cli("brand", "list", "--data", data, expect=2).stderr

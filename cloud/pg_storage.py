@@ -1,0 +1,496 @@
+"""PostgreSQL implementation of ``Storage`` (asyncpg, a connection pool).
+
+Concurrency: row locks, not SERIALIZABLE. A batch runs in one READ COMMITTED
+transaction that takes its locks in one fixed order, so two transactions can
+wait for each other but never deadlock:
+
+1. ``stores`` row of the batch's store (``FOR UPDATE``): one batch per store
+   at a time, whichever worker or process holds it; the sequence check reads
+   the head under that lock;
+2. every ``customers`` row the batch names, sorted by customer_id
+   (``ORDER BY customer_id FOR UPDATE``): the balance a debit is checked
+   against is the latest committed one and cannot change until this
+   transaction commits, so two stores can never spend the same points;
+3. the ``counters`` row of the global change counter (``FOR UPDATE``): the
+   versions a batch hands out are committed in counter order, so a pull whose
+   cursor moves to the counter can never skip a version committed later.
+
+A customer the batch creates has no row to lock: it is a plain INSERT, so if
+another store's batch created the same id meanwhile, the unique key fails
+this batch (``StoreError``, a 503: the edge resends it and then gets
+``customer_exists``) instead of overwriting that customer.
+
+Everything a batch reads is loaded with ``= ANY($1::text[])`` (one parameter
+however many ids) and every table is written with one
+``INSERT ... SELECT FROM unnest($1::t[], ...)`` statement: a constant number
+of round trips per batch, never one statement per op. asyncpg and socket
+errors become ``StoreError`` (``raise ... from``) at this boundary.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+
+from protocol import GENESIS_HASH, Program
+
+from . import checks
+from .errors import AlreadyExists, NotFound, StoreError
+from .migrations import pending
+from .model import (
+    BalanceMismatch,
+    BatchCommit,
+    BrandRecord,
+    ChainHead,
+    ConflictRecord,
+    CustomerState,
+    DownlinkPage,
+    KeyRecord,
+    LedgerState,
+    OpRecord,
+    SaleState,
+    StoredBatch,
+    StoreRecord,
+    astuple,
+)
+from .pg_schema import (
+    CONFLICT,
+    CUSTOMER,
+    INSERT_CONFLICTS,
+    INSERT_CUSTOMERS,
+    INSERT_ENTRIES,
+    INSERT_OPS,
+    KEY_SELECT,
+    MIGRATION_LOCK,
+    MIGRATIONS,
+    MIGRATIONS_TABLE,
+    OP,
+    SALE,
+    UPDATE_CUSTOMERS,
+    UPSERT_SALES,
+    names,
+)
+
+log = logging.getLogger(__name__)
+
+Row = tuple[Any, ...]
+
+_DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+def safe_dsn(dsn: str) -> str:
+    """The DSN without its password, for messages and logs."""
+    try:
+        parts = urlsplit(dsn)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "postgresql://?"
+    user = f"{parts.username}@" if parts.username else ""
+    return f"{parts.scheme}://{user}{host}{port}{parts.path}"
+
+
+def _error(exc: BaseException) -> StoreError:
+    return StoreError(f"PostgreSQL failed: {type(exc).__name__}: {exc}")
+
+
+async def _fetch(conn: asyncpg.Connection, sql: str, *args: Any) -> list[Row]:
+    try:
+        rows = await conn.fetch(sql, *args)
+    except _DB_ERRORS as exc:
+        raise _error(exc) from exc
+    return [tuple(r) for r in rows]
+
+
+async def _many(conn: asyncpg.Connection, sql: str, records: Sequence[Any]) -> list[Row]:
+    """Write ``records`` (dataclasses in column order) with one unnest statement."""
+    if not records:
+        return []
+    columns = [list(col) for col in zip(*(astuple(r) for r in records), strict=True)]
+    return await _fetch(conn, sql, *columns)
+
+
+def _program(row: Row | None) -> Program | None:
+    if row is None:
+        return None
+    return Program(row[0], row[1], row[2], row[3], row[4])
+
+
+def _key(row: Row) -> KeyRecord:
+    return KeyRecord(row[0], row[1], row[2], bytes(row[3]), row[4], row[5])
+
+
+class _PgTx:
+    """The ``LedgerTx`` of one open write transaction (see the lock order above)."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+        self._locked: set[str] = set()  # customers loaded (and locked) by load_state
+
+    async def chain_head(self, store_id: str) -> ChainHead | None:
+        rows = await _fetch(
+            self._conn,
+            "SELECT store_id, brand_id, last_seq, last_hash FROM stores WHERE store_id = $1 FOR UPDATE",
+            store_id,
+        )
+        return ChainHead(rows[0][0], rows[0][1], rows[0][2], bytes(rows[0][3])) if rows else None
+
+    async def stored_batch(self, store_id: str, seq: int) -> StoredBatch | None:
+        rows = await _fetch(
+            self._conn, "SELECT store_id, seq, hash, ack FROM batches WHERE store_id = $1 AND seq = $2", store_id, seq
+        )
+        return StoredBatch(rows[0][0], rows[0][1], bytes(rows[0][2]), bytes(rows[0][3])) if rows else None
+
+    async def load_state(
+        self,
+        *,
+        brand_id: str,
+        store_id: str,
+        op_ids: Sequence[str],
+        customer_ids: Sequence[str],
+        sale_ids: Sequence[str],
+    ) -> LedgerState:
+        conn = self._conn
+        # ORDER BY is applied before the locking clause: rows are locked in customer_id order.
+        customers = await _fetch(
+            conn,
+            f"SELECT {names(CUSTOMER)} FROM customers WHERE customer_id = ANY($1::text[])"
+            " ORDER BY customer_id FOR UPDATE",
+            sorted(set(customer_ids)),
+        )
+        self._locked = {r[0] for r in customers}
+        counter = await _fetch(conn, "SELECT value FROM counters WHERE name = 'change' FOR UPDATE")
+        program = await _fetch(conn, "SELECT MAX(version) FROM programs WHERE brand_id = $1", brand_id)
+        sales = await _fetch(
+            conn,
+            f"SELECT {names(SALE)} FROM sales WHERE store_id = $1 AND sale_id = ANY($2::text[])",
+            store_id,
+            sorted(set(sale_ids)),
+        )
+        ops = await _fetch(
+            conn, f"SELECT {names(OP)} FROM ops WHERE op_id = ANY($1::text[])", sorted(set(op_ids))
+        )
+        return LedgerState(
+            program_version=program[0][0],
+            counter=counter[0][0],
+            customers={r[0]: CustomerState(*r) for r in customers},
+            sales={r[1]: SaleState(*r) for r in sales},
+            ops={r[0]: OpRecord(r[0], bytes(r[1]), *r[2:]) for r in ops},
+        )
+
+    async def save_batch(self, commit: BatchCommit) -> None:
+        conn, out = self._conn, commit.outcome
+        await _many(conn, INSERT_OPS, out.ops)
+        await _many(conn, INSERT_CUSTOMERS, [c for c in out.customers if c.customer_id not in self._locked])
+        changed = [c for c in out.customers if c.customer_id in self._locked]
+        if changed:
+            updated = await _many(conn, UPDATE_CUSTOMERS, changed)
+            if len(updated) != len(changed):  # impossible while the rows are locked
+                raise StoreError(f"{len(changed) - len(updated)} locked customers vanished during the batch")
+        await _many(conn, UPSERT_SALES, out.sales)
+        await _many(conn, INSERT_ENTRIES, out.entries)
+        await _many(conn, INSERT_CONFLICTS, out.conflicts)
+        await _fetch(
+            conn,
+            "INSERT INTO batches (store_id, seq, hash, body, ack, at, received_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            commit.store_id, commit.seq, commit.hash, commit.body, commit.ack, commit.at, commit.received_at,
+        )
+        moved = await _fetch(
+            conn,
+            "UPDATE stores SET last_seq = $1, last_hash = $2 WHERE store_id = $3 AND last_seq = $4"
+            " RETURNING store_id",
+            commit.seq, commit.hash, commit.store_id, commit.prev_seq,
+        )
+        if len(moved) != 1:  # impossible under the store row lock; never write past a moved head
+            raise StoreError(f"store {commit.store_id} head moved during batch {commit.seq}")
+        await _fetch(
+            conn, "UPDATE counters SET value = $1 WHERE name = 'change' AND value <= $1", out.counter
+        )
+
+
+class PgStorage:
+    """The PostgreSQL ledger at ``dsn`` (its tables are created and migrated by ``open``).
+
+    The schema is the DSN's search path (``?search_path=...``; asyncpg sends
+    unknown DSN parameters as server settings). ``on_query`` sees the text of
+    every statement sent, for diagnostics and tests.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 8,
+        timeout: float = 10.0,
+        on_query: Callable[[str], None] | None = None,
+    ) -> None:
+        self.dsn = dsn
+        self._min_size = min_size
+        self._max_size = max_size
+        self._timeout = timeout
+        self._on_query = on_query
+        self._pool: asyncpg.Pool | None = None
+
+    def __repr__(self) -> str:
+        return f"PgStorage({safe_dsn(self.dsn)!r})"
+
+    # ---- lifecycle
+
+    async def _init_conn(self, conn: asyncpg.Connection) -> None:
+        callback = self._on_query
+        if callback is not None:
+            conn.add_query_logger(lambda logged: callback(logged.query))
+
+    async def open(self, now: int) -> None:
+        if self._pool is not None:
+            return
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.dsn,
+                min_size=self._min_size,
+                max_size=self._max_size,
+                timeout=self._timeout,
+                command_timeout=60,
+                init=self._init_conn,
+            )
+        except (*_DB_ERRORS, ValueError) as exc:  # ValueError: a DSN asyncpg cannot parse
+            raise StoreError(f"cannot open {safe_dsn(self.dsn)}: {type(exc).__name__}: {exc}") from exc
+        try:
+            await self._migrate(now)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await pool.close()
+            except _DB_ERRORS:
+                log.exception("closing %s failed", safe_dsn(self.dsn))
+
+    async def _migrate(self, now: int) -> None:
+        async with self._write() as conn:
+            # Two processes opening a fresh database at once: the second waits, then finds nothing to do.
+            await _fetch(conn, "SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+            await _fetch(conn, MIGRATIONS_TABLE)
+            applied = [r[0] for r in await _fetch(conn, "SELECT name FROM migrations")]
+            for migration in pending(applied, MIGRATIONS):
+                for statement in migration.statements:
+                    await _fetch(conn, statement)
+                await _fetch(
+                    conn, "INSERT INTO migrations (name, applied_at) VALUES ($1, $2)", migration.name, now
+                )
+                log.info("applied migration %s to %s", migration.name, safe_dsn(self.dsn))
+
+    # ---- transactions
+
+    @asynccontextmanager
+    async def _conn(self, *, readonly: bool) -> AsyncIterator[asyncpg.Connection]:
+        pool = self._pool
+        if pool is None:
+            raise StoreError("storage is not open")
+        try:
+            conn = await pool.acquire()
+        except _DB_ERRORS as exc:
+            raise _error(exc) from exc
+        try:
+            tx = conn.transaction(isolation="repeatable_read" if readonly else "read_committed", readonly=readonly)
+            try:
+                await tx.start()
+            except _DB_ERRORS as exc:
+                raise _error(exc) from exc
+            try:
+                yield conn
+            except BaseException:
+                try:
+                    await tx.rollback()
+                except _DB_ERRORS:
+                    log.exception("rollback failed on %s", safe_dsn(self.dsn))
+                raise
+            try:
+                await tx.commit()
+            except _DB_ERRORS as exc:
+                raise _error(exc) from exc
+        finally:
+            try:
+                await pool.release(conn)
+            except _DB_ERRORS:
+                log.exception("releasing a connection to %s failed", safe_dsn(self.dsn))
+
+    def _write(self) -> AbstractAsyncContextManager[asyncpg.Connection]:
+        return self._conn(readonly=False)
+
+    def _read(self) -> AbstractAsyncContextManager[asyncpg.Connection]:
+        """One snapshot (REPEATABLE READ, read only): statements inside see the same committed state."""
+        return self._conn(readonly=True)
+
+    @asynccontextmanager
+    async def batch_tx(self) -> AsyncIterator[_PgTx]:
+        async with self._write() as conn:
+            yield _PgTx(conn)
+
+    async def ping(self) -> None:
+        async with self._read() as conn:
+            await _fetch(conn, "SELECT 1")
+
+    # ---- reads
+
+    async def find_key(self, key_id: str) -> KeyRecord | None:
+        async with self._read() as conn:
+            rows = await _fetch(conn, f"{KEY_SELECT} WHERE k.key_id = $1", key_id)
+        return _key(rows[0]) if rows else None
+
+    async def downlink_page(self, brand_id: str, cursor: int, limit: int) -> DownlinkPage:
+        async with self._read() as conn:
+            rows = await _fetch(
+                conn,
+                f"SELECT {names(CUSTOMER)} FROM customers WHERE brand_id = $1 AND version > $2"
+                " ORDER BY version LIMIT $3",
+                brand_id, cursor, limit,
+            )
+            counter = await _fetch(conn, "SELECT value FROM counters WHERE name = 'change'")
+            program = await self._program(conn, brand_id)
+        return DownlinkPage(tuple(CustomerState(*r) for r in rows), counter[0][0], program)
+
+    @staticmethod
+    async def _program(conn: asyncpg.Connection, brand_id: str) -> Program | None:
+        rows = await _fetch(
+            conn,
+            "SELECT brand_id, version, name, points_per_unit, unit_amount FROM programs"
+            " WHERE brand_id = $1 ORDER BY version DESC LIMIT 1",
+            brand_id,
+        )
+        return _program(rows[0] if rows else None)
+
+    async def current_program(self, brand_id: str) -> Program | None:
+        async with self._read() as conn:
+            return await self._program(conn, brand_id)
+
+    async def list_brands(self) -> list[BrandRecord]:
+        async with self._read() as conn:
+            rows = await _fetch(conn, "SELECT brand_id, name, created_at FROM brands ORDER BY brand_id")
+        return [BrandRecord(*r) for r in rows]
+
+    async def list_stores(self) -> list[StoreRecord]:
+        async with self._read() as conn:
+            stores = await _fetch(
+                conn, "SELECT store_id, brand_id, last_seq, last_hash, created_at FROM stores ORDER BY store_id"
+            )
+            keys = await _fetch(conn, "SELECT store_id, key_id FROM store_keys ORDER BY created_at, key_id")
+        by_store: dict[str, list[str]] = {}
+        for store_id, key_id in keys:
+            by_store.setdefault(store_id, []).append(key_id)
+        return [
+            StoreRecord(r[0], r[1], r[2], bytes(r[3]), r[4], tuple(by_store.get(r[0], ()))) for r in stores
+        ]
+
+    async def list_conflicts(self, store_id: str | None = None) -> list[ConflictRecord]:
+        where, params = ("WHERE store_id = $1", (store_id,)) if store_id is not None else ("", ())
+        async with self._read() as conn:
+            rows = await _fetch(conn, f"SELECT {names(CONFLICT)} FROM conflicts {where} ORDER BY id", *params)
+        return [ConflictRecord(*r) for r in rows]
+
+    async def audit_balances(self) -> list[BalanceMismatch]:
+        async with self._read() as conn:
+            rows = await _fetch(
+                conn,
+                "SELECT c.customer_id, c.balance, COALESCE(e.total, 0)::bigint FROM customers c"
+                " LEFT JOIN (SELECT customer_id, SUM(points) AS total FROM ledger_entries"
+                " GROUP BY customer_id) e ON e.customer_id = c.customer_id"
+                " WHERE c.balance != COALESCE(e.total, 0) ORDER BY c.customer_id",
+            )
+        return [BalanceMismatch(*r) for r in rows]
+
+    async def applied_migrations(self) -> list[tuple[str, int]]:
+        async with self._read() as conn:
+            rows = await _fetch(conn, "SELECT name, applied_at FROM migrations ORDER BY name")
+        return [(r[0], r[1]) for r in rows]
+
+    # ---- administration
+
+    @staticmethod
+    async def _brand_exists(conn: asyncpg.Connection, brand_id: str) -> None:
+        if not await _fetch(conn, "SELECT 1 FROM brands WHERE brand_id = $1", brand_id):
+            raise NotFound(f"no brand {brand_id!r}", field="brand_id")
+
+    async def add_brand(self, brand_id: str, name: str, now: int) -> BrandRecord:
+        checks.check_id("brand_id", brand_id)
+        checks.check_name(name)
+        async with self._write() as conn:
+            if await _fetch(conn, "SELECT 1 FROM brands WHERE brand_id = $1", brand_id):
+                raise AlreadyExists(f"brand {brand_id!r} already exists", field="brand_id")
+            await _fetch(
+                conn, "INSERT INTO brands (brand_id, name, created_at) VALUES ($1, $2, $3)", brand_id, name, now
+            )
+        return BrandRecord(brand_id, name, now)
+
+    async def set_program(
+        self, brand_id: str, name: str, points_per_unit: int, unit_amount: int, now: int
+    ) -> Program:
+        checks.check_program(brand_id, 1, name, points_per_unit, unit_amount)
+        async with self._write() as conn:
+            # Lock the brand so two operators cannot both create the same next version.
+            if not await _fetch(conn, "SELECT 1 FROM brands WHERE brand_id = $1 FOR UPDATE", brand_id):
+                raise NotFound(f"no brand {brand_id!r}", field="brand_id")
+            rows = await _fetch(conn, "SELECT COALESCE(MAX(version), 0) FROM programs WHERE brand_id = $1", brand_id)
+            program = checks.check_program(brand_id, rows[0][0] + 1, name, points_per_unit, unit_amount)
+            await _fetch(
+                conn,
+                "INSERT INTO programs (brand_id, version, name, points_per_unit, unit_amount, created_at)"
+                " VALUES ($1, $2, $3, $4, $5, $6)",
+                brand_id, program.version, name, points_per_unit, unit_amount, now,
+            )
+        return program
+
+    @staticmethod
+    async def _insert_key(
+        conn: asyncpg.Connection, store_id: str, brand_id: str, public_key: bytes, now: int
+    ) -> KeyRecord:
+        key_id = checks.check_public_key(public_key)
+        if await _fetch(conn, "SELECT 1 FROM store_keys WHERE key_id = $1 OR public_key = $2", key_id, public_key):
+            raise AlreadyExists(f"key {key_id} is already registered", field="public_key")
+        await _fetch(
+            conn,
+            "INSERT INTO store_keys (key_id, store_id, public_key, created_at) VALUES ($1, $2, $3, $4)",
+            key_id, store_id, public_key, now,
+        )
+        return KeyRecord(key_id, store_id, brand_id, public_key, now, None)
+
+    async def add_store(self, store_id: str, brand_id: str, public_key: bytes, now: int) -> KeyRecord:
+        checks.check_id("store_id", store_id)
+        checks.check_public_key(public_key)
+        async with self._write() as conn:
+            await self._brand_exists(conn, brand_id)
+            if await _fetch(conn, "SELECT 1 FROM stores WHERE store_id = $1", store_id):
+                raise AlreadyExists(f"store {store_id!r} already exists", field="store_id")
+            await _fetch(
+                conn,
+                "INSERT INTO stores (store_id, brand_id, last_seq, last_hash, created_at) VALUES ($1, $2, 0, $3, $4)",
+                store_id, brand_id, GENESIS_HASH, now,
+            )
+            return await self._insert_key(conn, store_id, brand_id, public_key, now)
+
+    async def add_store_key(self, store_id: str, public_key: bytes, now: int) -> KeyRecord:
+        checks.check_public_key(public_key)
+        async with self._write() as conn:
+            rows = await _fetch(conn, "SELECT brand_id FROM stores WHERE store_id = $1", store_id)
+            if not rows:
+                raise NotFound(f"no store {store_id!r}", field="store_id")
+            return await self._insert_key(conn, store_id, rows[0][0], public_key, now)
+
+    async def revoke_key(self, key_id: str, now: int) -> KeyRecord:
+        async with self._write() as conn:
+            await _fetch(
+                conn, "UPDATE store_keys SET revoked_at = $1 WHERE key_id = $2 AND revoked_at IS NULL", now, key_id
+            )
+            rows = await _fetch(conn, f"{KEY_SELECT} WHERE k.key_id = $1", key_id)
+            if not rows:
+                raise NotFound(f"no key {key_id!r}", field="key_id")
+        return _key(rows[0])
