@@ -1,7 +1,8 @@
 """The cloud's aiohttp application: one cleanup_ctx block per resource.
 
 ``make_app`` takes an already loaded cloud key (so a bad key fails before
-anything listens) and opens the ledger when the app starts. ``serve`` binds,
+anything listens) and a storage factory (SQLite or PostgreSQL, see
+``config.make_storage``), and opens the ledger when the app starts. ``serve`` binds,
 prints ``listening on http://HOST:PORT`` (the real port, also for port 0) and
 leaves SIGTERM/SIGINT to ``web.run_app``, which stops accepting, lets
 in-flight requests finish, then runs the cleanups (closing the database).
@@ -13,14 +14,12 @@ import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 from aiohttp import web
 
 from .api import CLOCK, CLOUD_KEY, MAX_BATCH_BYTES, SERVICE, STORAGE, add_routes, error_middleware
 from .keys import CloudKey
-from .service import SyncService
-from .sqlite_storage import SQLiteStorage
+from .metrics import METRICS, CloudMetrics, MeteredSyncService, metrics_handler
 from .storage import Storage
 
 log = logging.getLogger(__name__)
@@ -31,35 +30,36 @@ def wall_clock_ms() -> int:
 
 
 def make_app(
-    db_path: Path,
+    storage_factory: Callable[[], Storage],
     cloud_key: CloudKey,
     *,
     clock: Callable[[], int] = wall_clock_ms,
-    storage_factory: Callable[[Path], Storage] = SQLiteStorage,
 ) -> web.Application:
     # The envelope bound plus room for headers' worth of slack; read_body enforces the exact limits.
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BATCH_BYTES + 1024)
     app[CLOUD_KEY] = cloud_key
     app[CLOCK] = clock
+    app[METRICS] = CloudMetrics()
 
     async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
-        storage = storage_factory(db_path)
+        storage = storage_factory()
         await storage.open(app[CLOCK]())
         app[STORAGE] = storage
-        log.info("ledger %s open", db_path)
+        log.info("ledger %r open", storage)
         try:
             yield
         finally:
             await storage.close()
-            log.info("ledger %s closed", db_path)
+            log.info("ledger %r closed", storage)
 
     async def service_ctx(app: web.Application) -> AsyncIterator[None]:
-        app[SERVICE] = SyncService(app[STORAGE], app[CLOUD_KEY], app[CLOCK])
+        app[SERVICE] = MeteredSyncService(app[STORAGE], app[CLOUD_KEY], app[CLOCK], app[METRICS])
         yield
 
     app.cleanup_ctx.append(storage_ctx)
     app.cleanup_ctx.append(service_ctx)
     add_routes(app)
+    app.router.add_get("/metrics", metrics_handler)
     return app
 
 

@@ -2,6 +2,10 @@
 
 Exit codes: 0 ok; 2 bad arguments or operator input (nothing changed);
 1 the database or the system failed (or ``audit`` found a mismatch).
+
+The ledger is SQLite in the data directory unless ``--dsn postgresql://...``
+(or ``LOYALTY_CLOUD_DSN``) names a PostgreSQL database; the cloud key always
+lives in the data directory.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -18,10 +23,10 @@ from typing import Any, TypeVar
 
 from .app import bind, make_app, serve, url_of, wall_clock_ms
 from .checks import check_id, check_name, check_program, parse_public_key_hex
-from .config import DataDir
+from .config import DSN_ENV, DataDir, dsn_from, make_storage
 from .errors import ConfigError, StoreError
 from .keys import CloudKey, load_key, load_or_create_key
-from .sqlite_storage import SQLiteStorage
+from .storage import Storage
 
 PROG = "loyalty-cloud"
 T = TypeVar("T")
@@ -38,9 +43,9 @@ def _out(line: str) -> None:
     sys.stdout.flush()
 
 
-def _with_storage(data: DataDir, action: Callable[[SQLiteStorage], Awaitable[T]]) -> T:
+def _with_storage(args: argparse.Namespace, data: DataDir, action: Callable[[Storage], Awaitable[T]]) -> T:
     async def run() -> T:
-        storage = SQLiteStorage(data.db_file)
+        storage = make_storage(args.dsn, data)
         await storage.open(wall_clock_ms())
         try:
             return await action(storage)
@@ -63,13 +68,13 @@ def _print_key(key: CloudKey, as_json: bool, **extra: Any) -> None:
 def cmd_init(args: argparse.Namespace, data: DataDir) -> int:
     data.create()
     key, created = load_or_create_key(data.key_file)
-    _with_storage(data, lambda s: s.applied_migrations())
+    _with_storage(args, data, lambda s: s.applied_migrations())
     _print_key(key, args.json, created=created, data=str(data.path))
     return 0
 
 
 def cmd_public_key(args: argparse.Namespace, data: DataDir) -> int:
-    data.require_initialised()
+    data.require_initialised(sqlite=args.dsn is None)
     _print_key(load_key(data.key_file), args.json)
     return 0
 
@@ -77,15 +82,15 @@ def cmd_public_key(args: argparse.Namespace, data: DataDir) -> int:
 def cmd_brand_add(args: argparse.Namespace, data: DataDir) -> int:
     check_id("brand_id", args.brand_id)
     check_name(args.name)
-    data.require_initialised()
-    brand = _with_storage(data, lambda s: s.add_brand(args.brand_id, args.name, wall_clock_ms()))
+    data.require_initialised(sqlite=args.dsn is None)
+    brand = _with_storage(args, data, lambda s: s.add_brand(args.brand_id, args.name, wall_clock_ms()))
     _out(f"brand {brand.brand_id} added: {brand.name}")
     return 0
 
 
 def cmd_brand_list(args: argparse.Namespace, data: DataDir) -> int:
-    data.require_initialised()
-    for brand in _with_storage(data, lambda s: s.list_brands()):
+    data.require_initialised(sqlite=args.dsn is None)
+    for brand in _with_storage(args, data, lambda s: s.list_brands()):
         _out(json.dumps(dataclasses.asdict(brand)))
     return 0
 
@@ -93,8 +98,9 @@ def cmd_brand_list(args: argparse.Namespace, data: DataDir) -> int:
 def cmd_program_set(args: argparse.Namespace, data: DataDir) -> int:
     check_id("brand_id", args.brand_id)
     check_program(args.brand_id, 1, args.name, args.points_per_unit, args.unit_amount)
-    data.require_initialised()
+    data.require_initialised(sqlite=args.dsn is None)
     program = _with_storage(
+        args,
         data,
         lambda s: s.set_program(args.brand_id, args.name, args.points_per_unit, args.unit_amount, wall_clock_ms()),
     )
@@ -109,8 +115,8 @@ def cmd_store_add(args: argparse.Namespace, data: DataDir) -> int:
     check_id("store_id", args.store_id)
     check_id("brand_id", args.brand)
     raw = parse_public_key_hex(args.public_key)
-    data.require_initialised()
-    key = _with_storage(data, lambda s: s.add_store(args.store_id, args.brand, raw, wall_clock_ms()))
+    data.require_initialised(sqlite=args.dsn is None)
+    key = _with_storage(args, data, lambda s: s.add_store(args.store_id, args.brand, raw, wall_clock_ms()))
     _out(f"store {key.store_id} ({key.brand_id}) key {key.key_id}")
     return 0
 
@@ -118,22 +124,22 @@ def cmd_store_add(args: argparse.Namespace, data: DataDir) -> int:
 def cmd_store_add_key(args: argparse.Namespace, data: DataDir) -> int:
     check_id("store_id", args.store_id)
     raw = parse_public_key_hex(args.public_key)
-    data.require_initialised()
-    key = _with_storage(data, lambda s: s.add_store_key(args.store_id, raw, wall_clock_ms()))
+    data.require_initialised(sqlite=args.dsn is None)
+    key = _with_storage(args, data, lambda s: s.add_store_key(args.store_id, raw, wall_clock_ms()))
     _out(f"store {key.store_id} key {key.key_id}")
     return 0
 
 
 def cmd_store_revoke_key(args: argparse.Namespace, data: DataDir) -> int:
-    data.require_initialised()
-    key = _with_storage(data, lambda s: s.revoke_key(args.key_id, wall_clock_ms()))
+    data.require_initialised(sqlite=args.dsn is None)
+    key = _with_storage(args, data, lambda s: s.revoke_key(args.key_id, wall_clock_ms()))
     _out(f"key {key.key_id} of store {key.store_id} revoked at {key.revoked_at}")
     return 0
 
 
 def cmd_store_list(args: argparse.Namespace, data: DataDir) -> int:
-    data.require_initialised()
-    for store in _with_storage(data, lambda s: s.list_stores()):
+    data.require_initialised(sqlite=args.dsn is None)
+    for store in _with_storage(args, data, lambda s: s.list_stores()):
         if args.json:
             row = dataclasses.asdict(store)
             row["last_hash"] = store.last_hash.hex()
@@ -145,15 +151,25 @@ def cmd_store_list(args: argparse.Namespace, data: DataDir) -> int:
 
 
 def cmd_conflicts(args: argparse.Namespace, data: DataDir) -> int:
-    data.require_initialised()
-    for conflict in _with_storage(data, lambda s: s.list_conflicts(args.store)):
+    data.require_initialised(sqlite=args.dsn is None)
+    for conflict in _with_storage(args, data, lambda s: s.list_conflicts(args.store)):
         _out(json.dumps(dataclasses.asdict(conflict)))
     return 0
 
 
+def _require_ledger(args: argparse.Namespace, data: DataDir) -> None:
+    """For verbs that need the database but not the signing key, which a
+    systemd deployment keeps outside the data directory (as a credential)."""
+    data.require()
+    if args.dsn is None and not data.db_file.exists():
+        raise ConfigError(
+            f"{data.path} is not initialised (run `loyalty-cloud init --data {data.path}`)", field="data"
+        )
+
+
 def cmd_audit(args: argparse.Namespace, data: DataDir) -> int:
-    data.require_initialised()
-    mismatches = _with_storage(data, lambda s: s.audit_balances())
+    _require_ledger(args, data)
+    mismatches = _with_storage(args, data, lambda s: s.audit_balances())
     for m in mismatches:
         _out(json.dumps(dataclasses.asdict(m)))
     if mismatches:
@@ -163,15 +179,19 @@ def cmd_audit(args: argparse.Namespace, data: DataDir) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, data: DataDir) -> int:
-    data.require_initialised()
-    key = load_key(data.key_file)
+    if args.key_file is None:
+        data.require_initialised(sqlite=args.dsn is None)
+        key = load_key(data.key_file)
+    else:
+        _require_ledger(args, data)
+        key = load_key(args.key_file)
     try:
         sock = bind(args.host, args.port)
     except OSError as exc:
         raise _Fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", 1) from exc
     logging.getLogger(__name__).info("cloud key %s, data %s, %s", key.key_id, data.path, url_of(sock))
     serve(
-        make_app(data.db_file, key),
+        make_app(lambda: make_storage(args.dsn, data), key),
         sock,
         on_listening=lambda url: _out(f"listening on {url}"),
         shutdown_timeout=args.shutdown_timeout,
@@ -192,6 +212,12 @@ def _port(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data", required=True, type=Path, metavar="DIR", help="data directory")
+    common.add_argument(
+        "--dsn",
+        default=None,
+        metavar="URL",
+        help=f"PostgreSQL ledger, postgresql://user@host:port/db (default: ${DSN_ENV}, else SQLite in --data)",
+    )
     common.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
     parser = argparse.ArgumentParser(prog=PROG, description="Loyalty Edge cloud ledger")
@@ -253,6 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=_port, default=8600)
     p.add_argument("--shutdown-timeout", type=float, default=10.0)
+    p.add_argument(
+        "--key-file", type=Path, default=os.environ.get("LOYALTY_CLOUD_KEY_FILE") or None, metavar="FILE",
+        help="the signing key (default DIR/cloud.key; env LOYALTY_CLOUD_KEY_FILE), e.g. a systemd credential",
+    )
     p.set_defaults(func=cmd_serve)
     return parser
 
@@ -263,6 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     func: Callable[[argparse.Namespace, DataDir], int] = args.func
     try:
+        args.dsn = dsn_from(args.dsn)
         return func(args, DataDir(args.data))
     except ConfigError as exc:
         field = f" ({exc.field})" if exc.field else ""

@@ -21,12 +21,19 @@ from protocol import key_id_for, load_public_key
 
 from .api import add_routes, terminal_middleware
 from .appkeys import ADVERTISER, AUTH, CLOCK, CONFIG, STARTED, STORE, SYNC
+from .backup import serving_lock
 from .cloud_client import CloudClient
 from .config import EdgeConfig
+from .errors import StoreError
+from .history import HISTORY, History
+from .history import SAMPLE_EVERY_S as HISTORY_SAMPLE_S
 from .keyfile import load_key
+from .metrics import METRICS, MetricsAccessLogger, install, metrics_handler
 from .outbox import Identity, prune
 from .store import EdgeStore
 from .sync import SyncTask
+from .systemd_notify import Notifier
+from .technician import GATE, TechnicianGate
 from .terminals import TerminalAuth
 
 log = logging.getLogger(__name__)
@@ -40,10 +47,14 @@ def build_app(config: EdgeConfig, *, port: int, clock: Callable[[], float] = tim
     app[CONFIG] = config
     app[CLOCK] = clock
     app[STARTED] = clock()
+    install(app)
+    app[HISTORY] = History()
+    app[GATE] = TechnicianGate(config.technician_password_hash)
     add_routes(app)
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_sync_ctx)
     app.cleanup_ctx.append(_housekeeping_ctx)
+    app.cleanup_ctx.append(_history_ctx)
     if config.zeroconf:
         app.cleanup_ctx.append(_zeroconf_ctx(port))
     return app
@@ -52,6 +63,7 @@ def build_app(config: EdgeConfig, *, port: int, clock: Callable[[], float] = tim
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     store = EdgeStore(app[CONFIG].db_path)
     await store.open()
+    store.writer.observer = app[METRICS].observe_commit
     app[STORE] = store
     app[AUTH] = TerminalAuth(store)
     yield
@@ -109,6 +121,21 @@ async def _housekeeping_ctx(app: web.Application) -> AsyncIterator[None]:
     await app[STORE].write(app[AUTH].flush_last_seen())
 
 
+async def _history_ctx(app: web.Application) -> AsyncIterator[None]:
+    """One sample a minute for the status page's chart."""
+
+    async def sample_forever() -> None:
+        while True:
+            app[HISTORY].sample(app[STORE], app[CLOCK]())
+            await asyncio.sleep(HISTORY_SAMPLE_S)
+
+    task = asyncio.create_task(sample_forever(), name="edge-history")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 def _zeroconf_ctx(port: int) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         from .zeroconf_service import EdgeAdvertiser, ZeroconfError  # imported only when enabled
@@ -147,6 +174,24 @@ def _zeroconf_ctx(port: int) -> Callable[[web.Application], AsyncIterator[None]]
     return ctx
 
 
+def make_runner(app: web.Application) -> web.AppRunner:
+    """The runner ``serve`` uses: no access log (its lines would carry phone
+    numbers and emails from query strings), but the access-log hook feeds
+    the request metrics with the time aiohttp already measured."""
+    return web.AppRunner(
+        app, handle_signals=False, shutdown_timeout=10.0,
+        access_log_class=MetricsAccessLogger, access_log=logging.getLogger("edge.access"),
+    )
+
+
+def metrics_app(app: web.Application) -> web.Application:
+    """/metrics on a listener of its own, outside the terminal API and its auth."""
+    side = web.Application()
+    side[METRICS] = app[METRICS]
+    side.router.add_get("/metrics", metrics_handler)
+    return side
+
+
 def bind_socket(host: str, port: int) -> socket.socket:
     """Bind and listen before start-up, so zeroconf can advertise the real port.
 
@@ -161,28 +206,62 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def serve(config: EdgeConfig, *, on_ready: Callable[[str], None] | None = None) -> None:
-    """Run until SIGTERM or SIGINT, then drain and close everything."""
+def store_answers(app: web.Application) -> bool:
+    """True while the database answers a read (what the systemd watchdog vouches for)."""
+    try:
+        app[STORE].read(lambda c: c.execute("SELECT COUNT(*) FROM meta").fetchone())
+    except StoreError as exc:
+        log.error("watchdog: the store does not answer: %s", exc)
+        return False
+    return True
+
+
+async def serve(
+    config: EdgeConfig, *, on_ready: Callable[[str], None] | None = None, notifier: Notifier | None = None
+) -> None:
+    """Run until SIGTERM or SIGINT, then drain and close everything.
+
+    systemd hears READY=1 only once the store is migrated and open (the
+    store context), the sync task runs, zeroconf has been registered (or has
+    failed, which is logged and shown on /status) and the site is serving.
+    """
+    with serving_lock(config.data_dir):  # restore refuses while we hold it
+        await _serve(config, on_ready, notifier or Notifier())
+
+
+async def _serve(config: EdgeConfig, on_ready: Callable[[str], None] | None, notifier: Notifier) -> None:
     sock = bind_socket(config.host, config.port)
     port = sock.getsockname()[1]
     app = build_app(config, port=port)
-    # No access log: its lines would carry phone numbers and emails from query strings.
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=10.0, access_log=None)
-    await runner.setup()
-    site = web.SockSite(runner, sock)
-    await site.start()
+    runner = make_runner(app)
+    side = web.AppRunner(metrics_app(app), handle_signals=False, access_log=None)
     host = f"[{config.host}]" if ":" in config.host else config.host
     url = f"http://{host}:{port}"
-    log.info("edge listening on %s", url)
-    if on_ready is not None:
-        on_ready(url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    watchdog: asyncio.Task[None] | None = None
     try:
+        await runner.setup()
+        await web.SockSite(runner, sock).start()
+        if config.metrics_port:
+            await side.setup()
+            await web.TCPSite(side, config.metrics_host, config.metrics_port).start()
+            log.info("metrics on http://%s:%d/metrics", config.metrics_host, config.metrics_port)
+        log.info("edge listening on %s", url)
+        if on_ready is not None:
+            on_ready(url)
+        notifier.ready(f"serving terminals on {url}")
+        watchdog = asyncio.create_task(notifier.watchdog(lambda: store_answers(app)), name="edge-watchdog")
         await stop.wait()
         log.info("stopping: draining requests and the writer")
     finally:
+        notifier.stopping()
+        if watchdog is not None:
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
+        await side.cleanup()
         await runner.cleanup()
 

@@ -16,6 +16,7 @@ from protocol import key_id_for, public_bytes, uuid7
 from .config import ConfigError, EdgeConfig, build_config, load_config, write_config
 from .db import connect, migrate
 from .keyfile import KeyFileError, create_key, load_key
+from .logsetup import configure as configure_logging
 from .store import EdgeStore, set_meta
 from .terminals import create_pairing_code, list_terminals, revoke_terminal
 
@@ -45,10 +46,12 @@ def cmd_init(args: argparse.Namespace) -> int:
         "interfaces": args.interface or [],
         "sync_interval": args.sync_interval,
     }
+    if args.key_file:
+        values["key_file"] = str(Path(args.key_file).resolve())
     config = build_config(values, env={})
     data.mkdir(parents=True, exist_ok=True)
     data.chmod(0o700)
-    path = data / "edge.toml"
+    path = Path(args.config) if args.config else data / "edge.toml"
     if path.exists() and not args.force:
         print(f"{path} exists; pass --force to rewrite it", file=sys.stderr)
         return 2
@@ -63,6 +66,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         conn.execute("COMMIT")
     finally:
         conn.close()
+    path.parent.mkdir(parents=True, exist_ok=True)
     write_config(path, config)
     path.chmod(0o600)
     public = key.public_key()
@@ -75,12 +79,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .app import serve
 
     config = _load(args)
+    configure_logging(args.log_level, config.log_format)
     load_key(config.key_path)  # fail now, with the reason, not inside start-up
 
     def ready(url: str) -> None:
         print(f"listening on {url}", flush=True)
 
-    asyncio.run(serve(config, on_ready=ready))
+    from .backup import EdgeRunning
+
+    try:
+        asyncio.run(serve(config, on_ready=ready))
+    except EdgeRunning as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -135,6 +146,72 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if data.get("status") == "ok" else 1
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from . import doctor
+
+    checks = doctor.run(_config_path(args))
+    if args.json:
+        print(json.dumps([{"name": c.name, "ok": c.ok, "detail": c.detail, "fix": c.fix} for c in checks]))
+    else:
+        print(doctor.report(checks))
+    return 0 if all(c.ok for c in checks) else 1
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from .backup import BackupError, backup
+
+    config = _load(args)
+    try:
+        print(json.dumps(backup(config.db_path, Path(args.file))))
+    except BackupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from .backup import BackupError, restore
+
+    config = _load(args)
+    try:
+        print(json.dumps(restore(config.db_path, Path(args.file), cloud_last_seq=args.cloud_last_seq)))
+    except BackupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_new_key(args: argparse.Namespace) -> int:
+    """A new signing key for a rotation; the running key is never overwritten."""
+    path = Path(args.key_file)
+    key = create_key(path)
+    path.chmod(0o600)
+    public = key.public_key()
+    print(json.dumps({"key_id": key_id_for(public), "public_key": public_bytes(public).hex(), "key_file": str(path)}))
+    return 0
+
+
+def cmd_technician_password(args: argparse.Namespace) -> int:
+    from .technician import hash_password
+
+    if sys.stdin.isatty():
+        import getpass
+
+        password = getpass.getpass("Technician password: ")
+        if getpass.getpass("Again: ") != password:
+            print("the two passwords differ", file=sys.stderr)
+            return 2
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    try:
+        hashed = hash_password(password)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f'technician_password_hash = "{hashed}"')
+    return 0
+
+
 def cmd_discover(args: argparse.Namespace) -> int:
     from .discovery import discover_edges, format_edges
 
@@ -165,6 +242,8 @@ def parser() -> argparse.ArgumentParser:
     init.add_argument("--no-zeroconf", action="store_true")
     init.add_argument("--sync-interval", type=float, default=5.0)
     init.add_argument("--force", action="store_true", help="rewrite an existing edge.toml (the key is kept)")
+    init.add_argument("--config", help="where to write edge.toml (default: DATA/edge.toml)")
+    init.add_argument("--key-file", help="where the signing key lives (default: DATA/edge.key)")
     init.set_defaults(func=cmd_init)
 
     with_config(sub.add_parser("serve", help="run the node")).set_defaults(func=cmd_serve)
@@ -176,6 +255,26 @@ def parser() -> argparse.ArgumentParser:
     terminals.add_argument("terminal_id", nargs="?")
     terminals.set_defaults(func=cmd_terminals)
     with_config(sub.add_parser("status", help="the node's health verdict")).set_defaults(func=cmd_status)
+    doctor = with_config(sub.add_parser(
+        "doctor", help="check config, key, database, disk, cloud and clock; say what to do about each failure"))
+    doctor.add_argument("--json", action="store_true")
+    doctor.set_defaults(func=cmd_doctor)
+    backup = with_config(sub.add_parser("backup", help="online copy of the database, outbox included (while serving)"))
+    backup.add_argument("file", help="the backup file to create")
+    backup.set_defaults(func=cmd_backup)
+    restore = with_config(sub.add_parser(
+        "restore", help="put a backup back (edge stopped); refuses one behind the batch chain"))
+    restore.add_argument("file", help="a file made by loyalty-edge backup")
+    restore.add_argument("--cloud-last-seq", type=int, default=None,
+                         help="the store's seq in `loyalty-cloud store list` (needed when the database is lost)")
+    restore.set_defaults(func=cmd_restore)
+    new_key = sub.add_parser("new-key", help="create a new signing key file (for a key rotation; never overwrites)")
+    new_key.add_argument("--key-file", required=True)
+    new_key.set_defaults(func=cmd_new_key)
+    sub.add_parser(
+        "technician-password",
+        help="hash a technician password (stdin) into the edge.toml line that opens /status on the LAN",
+    ).set_defaults(func=cmd_technician_password)
     discover = sub.add_parser("discover", help="find edges on the LAN by zeroconf")
     discover.add_argument("--timeout", type=float, default=3.0)
     discover.add_argument("--interface", action="append")
@@ -187,7 +286,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level, "text")
     if args.command == "terminals" and args.action == "revoke" and not args.terminal_id:
         p.error("terminals revoke needs a terminal id")
     try:

@@ -16,6 +16,8 @@ from typing import Any
 from protocol import load_public_key
 from protocol.messages import check_slug
 
+from .technician import BadHash, PasswordHash
+
 ENV_PREFIX = "LOYALTY_EDGE_"
 
 
@@ -37,6 +39,16 @@ class EdgeConfig:
     interfaces: tuple[str, ...] = ()
     sync_interval: float = 5.0
     batch_size: int = 1000
+    # Where the signing key is read from; a systemd unit points it at its
+    # credential ($CREDENTIALS_DIRECTORY/edge.key). Default: data_dir/edge.key.
+    key_file: Path | None = None
+    # Prometheus /metrics on its own listener (0: none), loopback unless told otherwise.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
+    # The status page from the LAN needs this password (HTTP Basic); without
+    # it the page is open to localhost only. `loyalty-edge technician-password`.
+    technician_password_hash: str | None = None
+    log_format: str = "text"  # or "json": one object per line, for journald or a log shipper
 
     @property
     def db_path(self) -> Path:
@@ -44,18 +56,18 @@ class EdgeConfig:
 
     @property
     def key_path(self) -> Path:
-        return self.data_dir / "edge.key"
+        return self.key_file if self.key_file is not None else self.data_dir / "edge.key"
 
     def cloud_key_bytes(self) -> bytes:
         return bytes.fromhex(self.cloud_public_key)
 
 
 def _coerce(key: str, value: Any, kind: str) -> Any:
-    if kind == "Path":
+    if kind in ("Path", "Path | None"):
         if not isinstance(value, str) or not value:
             raise ConfigError(key, "must be a path")
         return Path(value)
-    if kind == "str":
+    if kind in ("str", "str | None"):
         if not isinstance(value, str):
             raise ConfigError(key, "must be a string")
         return value
@@ -127,6 +139,19 @@ def _validate(config: EdgeConfig) -> None:
         raise ConfigError("cloud_public_key", str(exc)) from exc
     if not 0 <= config.port <= 65535:
         raise ConfigError("port", "must be 0 to 65535")
+    if config.technician_password_hash is not None:
+        try:
+            PasswordHash.parse(config.technician_password_hash)
+        except BadHash as exc:
+            raise ConfigError("technician_password_hash", str(exc)) from exc
+    if config.log_format not in ("text", "json"):
+        raise ConfigError("log_format", "must be \"text\" or \"json\"")
+    if not 0 <= config.metrics_port <= 65535:
+        raise ConfigError("metrics_port", "must be 0 (off) to 65535")
+    try:
+        ipaddress.ip_address(config.metrics_host)
+    except ValueError as exc:
+        raise ConfigError("metrics_host", f"{config.metrics_host!r} is not an IP address") from exc
     for address in config.interfaces:
         try:
             ipaddress.ip_address(address)
@@ -153,6 +178,8 @@ def write_config(path: Path, config: EdgeConfig) -> None:
     lines = []
     for f in fields(EdgeConfig):
         value = getattr(config, f.name)
+        if value is None:
+            continue
         if isinstance(value, bool):
             text = "true" if value else "false"
         elif isinstance(value, (int, float)):

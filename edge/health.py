@@ -12,6 +12,9 @@ from typing import Any
 OUTBOX_AGE_DEGRADED_S = 15 * 60
 OUTBOX_AGE_FAILING_S = 24 * 3600
 CLOUD_SILENCE_DEGRADED_S = 5 * 60
+# Below either, the next group commit may fail: say so before terminals see 503s.
+DISK_FREE_FAILING_BYTES = 100 * 1000 * 1000
+DISK_FREE_FAILING_RATIO = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +28,12 @@ def judge(snapshot: dict[str, Any], now: float) -> Verdict:
     degraded: list[str] = []
     if snapshot.get("store_error"):
         failing.append(f"the local database is failing: {snapshot['store_error']}")
+    free, total = snapshot.get("disk_free_bytes"), snapshot.get("disk_total_bytes")
+    if free is not None and total and (free < DISK_FREE_FAILING_BYTES or free / total < DISK_FREE_FAILING_RATIO):
+        failing.append(
+            f"disk nearly full: {free / 1e6:.0f} MB free ({100 * free / total:.1f} %); "
+            "free space on the data directory's disk, or writes will be refused"
+        )
     if snapshot.get("program_version") is None:
         degraded.append("no loyalty program received from the cloud yet: earns are refused")
     outbox = snapshot.get("outbox", {})

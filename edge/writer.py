@@ -63,6 +63,8 @@ class Writer:
         self._started = threading.Event()
         self._start_error: BaseException | None = None
         self.stats = WriterStats()
+        # Metrics hook: (group size, seconds) after each commit, on this thread.
+        self.observer: Callable[[int, float], None] | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="edge-writer", daemon=True)
@@ -150,7 +152,13 @@ class Writer:
             stats.commits += 1
             stats.jobs += len(group)
             stats.last_group = len(group)
-            stats.last_commit_ms = (time.perf_counter() - started) * 1000
+            elapsed = time.perf_counter() - started
+            stats.last_commit_ms = elapsed * 1000
+            if self.observer is not None:
+                try:
+                    self.observer(len(group), elapsed)
+                except Exception:  # a metrics bug must not strand the callers below
+                    log.exception("commit observer failed")
             if len(stats.group_sizes) >= 1024:
                 del stats.group_sizes[:512]
             stats.group_sizes.append(len(group))
