@@ -42,11 +42,11 @@ from .errors import EdgeError, InvalidInput, NotFound, StoreError, Unprocessable
 from .inputs import check_fields, get_bool, get_int, get_object, get_str, get_str_list, read_json
 from .openapi import document
 from .sale_input import parse_sale
-from .status_page import snapshot, status_page
+from .status_page import gated_metrics, snapshot, status_page
 from .terminals import redeem_pairing_code
 
 log = logging.getLogger(__name__)
-PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json", "/v1/pair", "/status"})
+PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json", "/v1/pair", "/status", "/metrics"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -400,6 +400,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/status", status_page)
+    app.router.add_get("/metrics", gated_metrics)
     app.router.add_post("/v1/pair", pair)
     app.router.add_get("/v1/customers", find_customers)
     app.router.add_post("/v1/customers", enroll)

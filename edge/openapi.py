@@ -244,6 +244,9 @@ def document() -> dict[str, Any]:
                                       "responses": {"200": {"description": "OpenAPI 3 document"}}}},
             "/status": {"get": {"summary": "Status page for technicians (localhost only, HTML)", "security": [],
                                 "responses": {"200": {"description": "HTML"}, "403": {"description": "not local"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics (localhost, or the technician password)",
+                                 "security": [], "responses": {"200": {"description": "text exposition format"},
+                                                               "403": {"description": "not local"}}}},
             "/v1/pair": {"post": {
                 "summary": "Trade a pairing code from `loyalty-edge pair` for a terminal token",
                 "security": [],

@@ -25,6 +25,7 @@ from .errors import Forbidden, StoreError, TooManyRequests, Unauthorized
 from .health import judge
 from .history import HISTORY, render_chart
 from .keyfile import KeyFileError, load_key
+from .metrics import metrics_handler
 from .technician import GATE, REALM
 from .terminals import list_terminals
 
@@ -206,3 +207,13 @@ text-align:left}}table{{border-collapse:collapse;width:100%}}tr{{border-bottom:1
         headers={"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store",
                  "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY"},
     )
+
+
+async def gated_metrics(request: web.Request) -> web.Response:
+    """/metrics on the main port, behind the status page's rule (localhost, or
+    the technician password on the LAN). ``metrics_port`` adds a listener of
+    its own for scrapers that cannot log in."""
+    refused = await _refuse(request)
+    if refused is not None:
+        return refused
+    return await metrics_handler(request)

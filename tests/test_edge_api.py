@@ -333,3 +333,13 @@ async def test_a_body_arriving_in_pieces_is_read_whole(edge: Any, terminal: Term
     response = await reader.read()
     writer.close()
     assert response.startswith(b"HTTP/1.1 201"), response[:200]
+
+
+async def test_metrics_on_the_main_port_are_local_and_carry_no_customer_data(edge: Any, terminal: Terminal) -> None:
+    _, base, session = edge
+    await terminal.enroll("Metric Mo", phone="5145550777")
+    async with session.get(base + "/metrics") as response:
+        text = await response.text()
+        assert response.status == 200
+    assert "loyalty_edge_outbox_depth 1.0" in text
+    assert "Metric Mo" not in text and "5145550777" not in text
