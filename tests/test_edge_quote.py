@@ -75,9 +75,10 @@ async def test_a_card_number_is_refused_and_never_stored(terminal: tuple[Termina
         status, data = await t.call("POST", path, body)
         assert status == 400 and data["error"]["code"] == "card_number_refused", data
         assert data["error"]["field"] == "tenders[0].card_token"
-        assert "4111" not in str(data)
+        assert "4111 1111" not in str(data) and "41111111" not in str(data)
     raw = b"".join(p.read_bytes() for p in config.data_dir.iterdir() if p.name.startswith("edge.sqlite3"))
-    assert b"4111" not in raw
+    # The whole number, in either spelling (short digit runs occur in hex ids by chance).
+    assert b"4111111111111111" not in raw and pan.encode() not in raw
 
 
 @pytest.mark.parametrize(("change", "field"), [
