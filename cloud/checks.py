@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from protocol import LocalProtocolError, Program, key_id_for, load_public_key
 from protocol.messages import check_slug
+from protocol.program_settings import canonical_settings
 from protocol.validate import check_text
 
 from .errors import ConfigError
@@ -33,9 +34,12 @@ def check_name(value: str, *, max_len: int = 100) -> str:
     return value
 
 
-def check_program(brand_id: str, version: int, name: str, points_per_unit: int, unit_amount: int) -> Program:
+def check_program(
+    brand_id: str, version: int, name: str, points_per_unit: int, unit_amount: int, settings: str = "{}"
+) -> Program:
+    """The program, with its settings document validated and made canonical."""
     try:
-        return Program(brand_id, version, name, points_per_unit, unit_amount)
+        return Program(brand_id, version, name, points_per_unit, unit_amount, canonical_settings(settings))
     except LocalProtocolError as exc:
         raise _config_error(exc) from exc
 

@@ -95,14 +95,26 @@ def cmd_brand_list(args: argparse.Namespace, data: DataDir) -> int:
     return 0
 
 
+def _settings_text(path: Path | None) -> str:
+    if path is None:
+        return "{}"
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the settings file {path}: {exc}", field="settings") from exc
+
+
 def cmd_program_set(args: argparse.Namespace, data: DataDir) -> int:
     check_id("brand_id", args.brand_id)
-    check_program(args.brand_id, 1, args.name, args.points_per_unit, args.unit_amount)
+    settings = _settings_text(args.settings)
+    check_program(args.brand_id, 1, args.name, args.points_per_unit, args.unit_amount, settings)
     data.require_initialised(sqlite=args.dsn is None)
     program = _with_storage(
         args,
         data,
-        lambda s: s.set_program(args.brand_id, args.name, args.points_per_unit, args.unit_amount, wall_clock_ms()),
+        lambda s: s.set_program(
+            args.brand_id, args.name, args.points_per_unit, args.unit_amount, wall_clock_ms(), settings
+        ),
     )
     _out(
         f"program {program.brand_id} v{program.version}: {program.name},"
@@ -247,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True)
     p.add_argument("--points-per-unit", type=int, required=True)
     p.add_argument("--unit-amount", type=int, required=True, help="minor units per earning unit")
+    p.add_argument("--settings", type=Path, default=None, metavar="FILE",
+                   help="JSON settings: kind, rules, promotions, rewards, refund policy, expiry (see README)")
     p.set_defaults(func=cmd_program_set)
 
     store = sub.add_parser("store", help="stores and their keys").add_subparsers(

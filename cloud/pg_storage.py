@@ -117,7 +117,7 @@ async def _many(conn: asyncpg.Connection, sql: str, records: Sequence[Any]) -> l
 def _program(row: Row | None) -> Program | None:
     if row is None:
         return None
-    return Program(row[0], row[1], row[2], row[3], row[4])
+    return Program(row[0], row[1], row[2], row[3], row[4], row[5])
 
 
 def _key(row: Row) -> KeyRecord:
@@ -363,7 +363,7 @@ class PgStorage:
     async def _program(conn: asyncpg.Connection, brand_id: str) -> Program | None:
         rows = await _fetch(
             conn,
-            "SELECT brand_id, version, name, points_per_unit, unit_amount FROM programs"
+            "SELECT brand_id, version, name, points_per_unit, unit_amount, settings FROM programs"
             " WHERE brand_id = $1 ORDER BY version DESC LIMIT 1",
             brand_id,
         )
@@ -432,20 +432,20 @@ class PgStorage:
         return BrandRecord(brand_id, name, now)
 
     async def set_program(
-        self, brand_id: str, name: str, points_per_unit: int, unit_amount: int, now: int
+        self, brand_id: str, name: str, points_per_unit: int, unit_amount: int, now: int, settings: str = "{}"
     ) -> Program:
-        checks.check_program(brand_id, 1, name, points_per_unit, unit_amount)
+        settings = checks.check_program(brand_id, 1, name, points_per_unit, unit_amount, settings).settings
         async with self._write() as conn:
             # Lock the brand so two operators cannot both create the same next version.
             if not await _fetch(conn, "SELECT 1 FROM brands WHERE brand_id = $1 FOR UPDATE", brand_id):
                 raise NotFound(f"no brand {brand_id!r}", field="brand_id")
             rows = await _fetch(conn, "SELECT COALESCE(MAX(version), 0) FROM programs WHERE brand_id = $1", brand_id)
-            program = checks.check_program(brand_id, rows[0][0] + 1, name, points_per_unit, unit_amount)
+            program = checks.check_program(brand_id, rows[0][0] + 1, name, points_per_unit, unit_amount, settings)
             await _fetch(
                 conn,
-                "INSERT INTO programs (brand_id, version, name, points_per_unit, unit_amount, created_at)"
-                " VALUES ($1, $2, $3, $4, $5, $6)",
-                brand_id, program.version, name, points_per_unit, unit_amount, now,
+                "INSERT INTO programs (brand_id, version, name, points_per_unit, unit_amount, settings, created_at)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                brand_id, program.version, name, points_per_unit, unit_amount, settings, now,
             )
         return program
 

@@ -124,4 +124,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        "0002_program_settings",
+        (
+            # The program's settings document (kind, rules, rewards, refunds, expiry) as canonical JSON.
+            "ALTER TABLE programs ADD COLUMN settings TEXT NOT NULL DEFAULT '{}'",
+        ),
+    ),
 )

@@ -97,7 +97,7 @@ def _ids(values: Iterable[str]) -> str:
 def _program(row: Row | None) -> Program | None:
     if row is None:
         return None
-    return Program(row[0], row[1], row[2], row[3], row[4])
+    return Program(row[0], row[1], row[2], row[3], row[4], row[5])
 
 
 def _key(row: Row) -> KeyRecord:
@@ -352,7 +352,7 @@ class SQLiteStorage:
     async def _program(conn: aiosqlite.Connection, brand_id: str) -> Program | None:
         rows = await _q(
             conn,
-            "SELECT brand_id, version, name, points_per_unit, unit_amount FROM programs"
+            "SELECT brand_id, version, name, points_per_unit, unit_amount, settings FROM programs"
             " WHERE brand_id = ? ORDER BY version DESC LIMIT 1",
             (brand_id,),
         )
@@ -419,18 +419,18 @@ class SQLiteStorage:
         return BrandRecord(brand_id, name, now)
 
     async def set_program(
-        self, brand_id: str, name: str, points_per_unit: int, unit_amount: int, now: int
+        self, brand_id: str, name: str, points_per_unit: int, unit_amount: int, now: int, settings: str = "{}"
     ) -> Program:
-        checks.check_program(brand_id, 1, name, points_per_unit, unit_amount)
+        settings = checks.check_program(brand_id, 1, name, points_per_unit, unit_amount, settings).settings
         async with self._write() as conn:
             await self._brand_exists(conn, brand_id)
             rows = await _q(conn, "SELECT COALESCE(MAX(version), 0) FROM programs WHERE brand_id = ?", (brand_id,))
-            program = checks.check_program(brand_id, rows[0][0] + 1, name, points_per_unit, unit_amount)
+            program = checks.check_program(brand_id, rows[0][0] + 1, name, points_per_unit, unit_amount, settings)
             await _q(
                 conn,
-                "INSERT INTO programs (brand_id, version, name, points_per_unit, unit_amount, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (brand_id, program.version, name, points_per_unit, unit_amount, now),
+                "INSERT INTO programs (brand_id, version, name, points_per_unit, unit_amount, settings, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (brand_id, program.version, name, points_per_unit, unit_amount, settings, now),
             )
         return program
 

@@ -31,7 +31,7 @@ from protocol import (
 from protocol import normalize as norm
 from protocol.earning import Customer as RulesCustomer
 from protocol.earning import EarnBreakdown, compute_earn
-from protocol.rewards import max_loyalty_tender
+from protocol.rewards import ProgramKind, max_loyalty_tender, rewards_within
 from protocol.rules import earning_rules
 from protocol.sale import Sale
 from protocol.validate import MAX_AMOUNT, MAX_POINTS
@@ -322,13 +322,22 @@ async def quote(request: web.Request) -> web.Response:
             "visit_points": breakdown.visit_points,
             "bonus_points": breakdown.bonus_points,
         },
+        "program_kind": program.options.kind.value,
         "available": None,
+        "rewards": [],
         "max_loyalty_tender": None,
     }
     if body.get("customer_id") is not None:
         available = request.app[STORE].customer(_customer_id(body["customer_id"]))["balance"]["available"]
         answer["available"] = available
-        answer["max_loyalty_tender"] = max_loyalty_tender(sale, available)
+        if program.options.kind is ProgramKind.CURRENCY:
+            answer["max_loyalty_tender"] = max_loyalty_tender(sale, available)
+        else:
+            answer["rewards"] = [
+                {"reward_id": r.reward_id, "name": r.name, "points": r.points, "kind": r.kind.value,
+                 "amount": r.amount, "percent": r.percent, "sku": r.sku}
+                for r in rewards_within(program.options.rewards, available)
+            ]
     return web.json_response(answer)
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from .earning import EarningRules
 from .errors import LocalProtocolError
+from .program_settings import ProgramSettings, parse_settings
 from .validate import MAX_AMOUNT, MAX_POINTS, check_range, check_text, check_types
 
 
@@ -24,6 +25,7 @@ class Program:
     name: str
     points_per_unit: int
     unit_amount: int
+    settings: str = "{}"
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -31,6 +33,12 @@ class Program:
         check_range("version", self.version, 1, 2**31)
         check_range("points_per_unit", self.points_per_unit, 0, 10_000)
         check_range("unit_amount", self.unit_amount, 1, MAX_AMOUNT)
+        parse_settings(self.settings)
+
+    @property
+    def options(self) -> ProgramSettings:
+        """The parsed settings document (kind, rules, rewards, refunds, expiry)."""
+        return parse_settings(self.settings)
 
 
 def earn_points(amount: int, program: Program) -> int:
@@ -50,4 +58,4 @@ def available_points(confirmed: int, pending_debits: int) -> int:
 
 def earning_rules(program: Program) -> EarningRules:
     """The earning rules a program version implies."""
-    return EarningRules(points_per_unit=program.points_per_unit, unit_amount=program.unit_amount)
+    return program.options.earning_rules(program.points_per_unit, program.unit_amount)

@@ -369,6 +369,15 @@ async def test_program_changes_reach_the_pull(cloud_env: k.Cloud) -> None:
     assert page.program is not None and (page.program.version, page.program.points_per_unit) == (2, 2)
 
 
+async def test_program_settings_reach_the_pull(cloud_env: k.Cloud) -> None:
+    settings = '{"kind": "currency", "refund_policy": "negative", "expiry": {"mode": "inactivity", "months": 12}}'
+    await cloud_env.storage.set_program("acme", "Dollars", 5, 100, k.now_ms(), settings)
+    page, _ = await cloud_env.pull(cloud_env.stores["store-a"])
+    assert page.program is not None
+    options = page.program.options
+    assert (options.kind.value, options.refund_policy.value, options.expiry.months) == ("currency", "negative", 12)
+
+
 async def test_stale_or_future_pull_is_refused(cloud_env: k.Cloud) -> None:
     store = cloud_env.stores["store-a"]
     stale, _ = store.pull(at=k.now_ms() - 301_000)

@@ -53,7 +53,8 @@ def test_init_creates_private_files_and_is_idempotent(tmp_path: Path, ledger: k.
     assert info["created"] is True and info["key_id"].startswith("ed25519:")
     assert stat.S_IMODE(data.stat().st_mode) == 0o700
     assert stat.S_IMODE((data / "cloud.key").stat().st_mode) == 0o600
-    assert ledger.rows_sync(data / "cloud.sqlite3", "SELECT name FROM migrations") == [("0001_ledger",)]
+    assert sorted(ledger.rows_sync(data / "cloud.sqlite3", "SELECT name FROM migrations")) == [
+        ("0001_ledger",), ("0002_program_settings",)]
     # the ledger lives in exactly one place
     assert (data / "cloud.sqlite3").exists() == (ledger.dsn is None)
     again = cli("init", "--data", data)
@@ -91,7 +92,30 @@ def test_brand_program_store_setup(cloud_data: Path, ledger: k.Backend) -> None:
     assert programs == [(1, "Acme Rewards", 1), (2, "Double", 2)]
     assert cli("conflicts", "--data", cloud_data).stdout == ""
 
+    good = cloud_data.parent / "settings.json"
+    good.write_text(json.dumps({"kind": "points", "promotions": [
+        {"kind": "spend_x", "min_spend": 5000, "bonus": 25}], "rewards": [
+        {"reward_id": "coffee", "name": "Free coffee", "points": 50, "kind": "free_item", "sku": "coffee"}]}))
+    out = cli("program", "set", "acme", "--name", "With rewards", "--points-per-unit", "1", "--unit-amount", "100",
+              "--settings", good, "--data", cloud_data)
+    assert "v3" in out.stdout
+    (stored,) = ledger.rows_sync(cloud_data / "cloud.sqlite3", "SELECT settings FROM programs WHERE version = 3")
+    assert json.loads(stored[0])["rewards"][0]["reward_id"] == "coffee"
+
+    too_many = cloud_data.parent / "sixteen.json"
+    too_many.write_text(json.dumps({"rewards": [
+        {"reward_id": f"r{i}", "name": f"R{i}", "points": 10, "kind": "free_item", "sku": "t"} for i in range(16)]}))
+    long_name = cloud_data.parent / "long.json"
+    long_name.write_text(json.dumps({"rewards": [
+        {"reward_id": "r", "name": "x" * 101, "points": 10, "kind": "free_item", "sku": "t"}]}))
+    typo = cloud_data.parent / "typo.json"
+    typo.write_text(json.dumps({"rewardz": []}))
     before = ledger.snapshot_sync(cloud_data / "cloud.sqlite3")
+    for settings, field in ((too_many, "settings.rewards"), (long_name, "settings.rewards[0].name"),
+                            (typo, "settings.rewardz"), (cloud_data.parent / "missing.json", "settings")):
+        proc = cli("program", "set", "acme", "--name", "X", "--points-per-unit", "1", "--unit-amount", "100",
+                   "--settings", settings, "--data", cloud_data, expect=2)
+        assert field in proc.stderr, (field, proc.stderr)
     bad = [
         ("program", "set", "acme", "--name", "X", "--points-per-unit", "-1", "--unit-amount", "100"),
         ("program", "set", "acme", "--name", "X", "--points-per-unit", "1", "--unit-amount", "0"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import aiohttp
 import pytest
 
 from edge.config import EdgeConfig
+from protocol import Program
 
 from .edgekit import Terminal, install_program, make_edge_config, pair, running_edge, set_confirmed, with_conn
 
@@ -37,8 +39,17 @@ def a_sale(**extra: Any) -> dict[str, Any]:
     return sale
 
 
+CURRENCY = Program("demo", 2, "Demo dollars", 1, 100, '{"kind": "currency"}')
+POINTS = Program("demo", 3, "Demo points", 1, 100, json.dumps({"rewards": [
+    {"reward_id": "coffee", "name": "Free coffee", "points": 50, "kind": "free_item", "sku": "coffee"},
+    {"reward_id": "five-off", "name": "$5 off", "points": 500, "kind": "fixed_discount", "amount": 500},
+    {"reward_id": "big", "name": "Big one", "points": 5000, "kind": "percentage", "percent": 20},
+]}))
+
+
 async def test_quote_follows_the_rules_and_stores_nothing(terminal: tuple[Terminal, EdgeConfig]) -> None:
     t, config = terminal
+    install_program(config, CURRENCY)
     customer = await t.enroll("Quin", phone="+15145550500")
     set_confirmed(config, customer["customer_id"], 3_000)
     status, quote = await t.call("POST", "/v1/quote", {"sale": a_sale(), "customer_id": customer["customer_id"]})
@@ -49,9 +60,21 @@ async def test_quote_follows_the_rules_and_stores_nothing(terminal: tuple[Termin
     assert quote["points"] == 56
     assert quote["available"] == 3_000
     assert quote["max_loyalty_tender"] == 1_510  # what the card does not cover
+    assert quote["program_kind"] == "currency" and quote["rewards"] == []
     assert with_conn(config, lambda c: c.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]) == 1  # the enroll
     status, quote = await t.call("POST", "/v1/quote", {"sale": a_sale(state="open", tenders=[])})
     assert status == 200 and quote["points"] == 0 and quote["reason"] == "not_paid"
+
+
+async def test_quote_lists_the_rewards_within_reach(terminal: tuple[Terminal, EdgeConfig]) -> None:
+    t, config = terminal
+    install_program(config, POINTS)
+    customer = await t.enroll("Uma", phone="+15145550503")
+    set_confirmed(config, customer["customer_id"], 600)
+    status, quote = await t.call("POST", "/v1/quote", {"sale": a_sale(), "customer_id": customer["customer_id"]})
+    assert status == 200, quote
+    assert [r["reward_id"] for r in quote["rewards"]] == ["coffee", "five-off"]
+    assert quote["max_loyalty_tender"] is None and quote["program_version"] == 3
 
 
 async def test_earn_with_a_whole_sale(terminal: tuple[Terminal, EdgeConfig]) -> None:

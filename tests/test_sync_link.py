@@ -177,3 +177,22 @@ async def test_a_batch_prepared_from_a_stale_outbox_is_not_stored(tmp_path: Path
         assert edge.sync.status.batches_acked == 1
     finally:
         await edge.close()
+
+
+async def test_program_settings_reach_the_edge_and_drive_its_rules(tmp_path: Path, cloud: cloudkit.Cloud) -> None:
+    from protocol.earning import Customer, compute_earn
+    from protocol.rules import earning_rules
+    from protocol.sale import Sale, SaleLine, SaleState, Tender, TenderKind
+
+    settings = '{"promotions": [{"kind": "spend_x", "min_spend": 5000, "bonus": 25}]}'
+    await cloud.storage.set_program(cloudkit.BRAND, "With a promotion", 1, 100, cloudkit.now_ms(), settings)
+    edge = await linked_edge(tmp_path, cloud, "store-s", 4)
+    try:
+        await edge.sync_until_drained()
+        program = edge.store.program()
+        assert program is not None and program.version == 2
+        sale = Sale("s", (SaleLine("1", "coat", None, 1, 6_000, 0, 0),), 0, (Tender(TenderKind.CASH, 6_000),),
+                    SaleState.PAID)
+        assert compute_earn(sale, earning_rules(program), Customer(), edge.now()).total == 60 + 25
+    finally:
+        await edge.close()
