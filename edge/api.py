@@ -6,6 +6,7 @@ Every error, whatever raised it, leaves as ``{"error": {"code", "message",
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -37,7 +38,7 @@ from protocol.sale import Sale
 from protocol.validate import MAX_AMOUNT, MAX_POINTS
 
 from . import writes
-from .appkeys import AUTH, CLOCK, STORE, SYNC, TERMINAL_ID
+from .appkeys import AUTH, CLOCK, CONFIG, STORE, SYNC, TERMINAL_ID
 from .errors import EdgeError, InvalidInput, NotFound, StoreError, Unprocessable
 from .inputs import check_fields, get_bool, get_int, get_object, get_str, get_str_list, read_json
 from .openapi import document
@@ -143,12 +144,10 @@ async def find_customers(request: web.Request) -> web.Response:
     value = query[by]
     if len(value) > 254:
         raise InvalidInput(f"{by} is too long", code="too_long", field=by)
-    normalised = {
-        "phone": norm.phone,
-        "email": norm.email,
-        "code": norm.card_code,
-        "name": norm.name_key,
-    }[by](value)
+    if by == "phone":
+        normalised = norm.phone(value, request.app[CONFIG].default_region)
+    else:
+        normalised = {"email": norm.email, "code": norm.card_code, "name": norm.name_key}[by](value)
     if not normalised:
         raise InvalidInput(f"{by} must not be empty", code="missing", field=by)
     customers = request.app[STORE].find(by, normalised, limit)
@@ -189,18 +188,18 @@ async def pair(request: web.Request) -> web.Response:
     return web.json_response(result, status=201)
 
 
-def _contact(body: dict[str, Any]) -> dict[str, str | None]:
+def _contact(body: dict[str, Any], region: str) -> dict[str, str | None]:
     phone = get_str(body, "phone", 32, required=False)
     email = get_str(body, "email", 254, required=False)
     card = get_str(body, "card_code", 64, required=False)
     return {
-        "phone": None if phone is None else norm.phone(phone),
+        "phone": None if phone is None else norm.phone(phone, region),
         "email": None if email is None else norm.email(email),
         "card_code": None if card is None else norm.card_code(card),
     }
 
 
-def _build_enroll(body: dict[str, Any], terminal_id: str, now: int) -> writes.Action:
+def _build_enroll(body: dict[str, Any], terminal_id: str, now: int, region: str) -> writes.Action:
     check_fields(body, {"name", "consent"}, {"phone", "email", "card_code"})
     consent = get_object(body, "consent")
     check_fields(consent, {"terms_accepted"}, {"channels", "staff"})
@@ -219,13 +218,13 @@ def _build_enroll(body: dict[str, Any], terminal_id: str, now: int) -> writes.Ac
             staff=get_str(consent, "staff", 100, required=False),
             at=now,
         ),
-        **_contact(body),
+        **_contact(body, region),
     )
     return writes.enroll(op)
 
 
 async def enroll(request: web.Request) -> web.Response:
-    return await _write(request, _build_enroll)
+    return await _write(request, functools.partial(_build_enroll, region=request.app[CONFIG].default_region))
 
 
 async def update_customer(request: web.Request) -> web.Response:
@@ -244,7 +243,7 @@ async def update_customer(request: web.Request) -> web.Response:
             customer_id=customer_id,
             name=None if name is None else name.strip(),
             clear=clear,
-            **_contact(body),
+            **_contact(body, request.app[CONFIG].default_region),
         )
         return writes.update_profile(op)
 

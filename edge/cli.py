@@ -45,6 +45,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         "zeroconf": not args.no_zeroconf,
         "interfaces": args.interface or [],
         "sync_interval": args.sync_interval,
+        "default_region": args.default_region,
     }
     if args.key_file:
         values["key_file"] = str(Path(args.key_file).resolve())
@@ -241,6 +242,8 @@ def parser() -> argparse.ArgumentParser:
     init.add_argument("--interface", action="append", help="IP address to serve zeroconf on (repeatable)")
     init.add_argument("--no-zeroconf", action="store_true")
     init.add_argument("--sync-interval", type=float, default=5.0)
+    init.add_argument("--default-region", default="", metavar="CC",
+                      help="country for phones typed without a country code, e.g. CA or FR")
     init.add_argument("--force", action="store_true", help="rewrite an existing edge.toml (the key is kept)")
     init.add_argument("--config", help="where to write edge.toml (default: DATA/edge.toml)")
     init.add_argument("--key-file", help="where the signing key lives (default: DATA/edge.key)")

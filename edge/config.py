@@ -15,6 +15,7 @@ from typing import Any
 
 from protocol import load_public_key
 from protocol.messages import check_slug
+from protocol.normalize import is_region
 
 from .technician import BadHash, PasswordHash
 
@@ -49,6 +50,8 @@ class EdgeConfig:
     # it the page is open to localhost only. `loyalty-edge technician-password`.
     technician_password_hash: str | None = None
     log_format: str = "text"  # or "json": one object per line, for journald or a log shipper
+    # Phones typed without a country code take this region's ("CA", "FR"); empty: they must carry one.
+    default_region: str = ""
 
     @property
     def db_path(self) -> Path:
@@ -144,6 +147,8 @@ def _validate(config: EdgeConfig) -> None:
             PasswordHash.parse(config.technician_password_hash)
         except BadHash as exc:
             raise ConfigError("technician_password_hash", str(exc)) from exc
+    if config.default_region and not is_region(config.default_region):
+        raise ConfigError("default_region", f"{config.default_region!r} is not a region code such as CA or FR")
     if config.log_format not in ("text", "json"):
         raise ConfigError("log_format", "must be \"text\" or \"json\"")
     if not 0 <= config.metrics_port <= 65535:

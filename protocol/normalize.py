@@ -9,18 +9,34 @@ from __future__ import annotations
 import re
 import unicodedata
 
+import phonenumbers
+
 from .errors import LocalProtocolError
 
-_PHONE_PUNCT = re.compile(r"[\s().\-/]")
+_E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
 
 
-def phone(value: str) -> str:
-    """Digits with an optional leading +; spaces, dots, dashes and brackets dropped."""
-    cleaned = _PHONE_PUNCT.sub("", value.strip())
-    body = cleaned[1:] if cleaned.startswith("+") else cleaned
-    if not body.isdigit() or not 4 <= len(body) <= 15 or not body.isascii():
-        raise LocalProtocolError("phone must hold 4 to 15 digits", code="invalid_value", field="phone")
-    return cleaned
+def is_region(code: str) -> bool:
+    """A region phonenumbers knows (ISO 3166 alpha-2, e.g. "CA", "FR")."""
+    return code in phonenumbers.SUPPORTED_REGIONS
+
+
+def phone(value: str, default_region: str | None = None) -> str:
+    """E.164 (+15145550100) from any common format. A number without its
+    country code takes the store's default region's; with no default region
+    it must carry one. Numbers are checked for a possible length, not for
+    being assigned, so that test and new ranges still work."""
+    text = value.strip()
+    if _E164.match(text):
+        return text  # the common case at the till, and the lookup hot path: no parsing
+    try:
+        number = phonenumbers.parse(text, default_region or None)
+    except phonenumbers.NumberParseException as exc:
+        hint = "" if default_region else " (add the country code, e.g. +1, or set the store's default region)"
+        raise LocalProtocolError(f"phone is not a phone number{hint}", code="invalid_value", field="phone") from exc
+    if not phonenumbers.is_possible_number(number):
+        raise LocalProtocolError("phone has the wrong number of digits", code="invalid_value", field="phone")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
 def email(value: str) -> str:

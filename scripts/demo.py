@@ -69,7 +69,7 @@ def provision() -> dict[str, str]:
     edge_key = json.loads(run(
         "loyalty-edge", "init", "--data", str(edge), "--store-id", "demo-store",
         "--cloud-url", f"http://127.0.0.1:{CLOUD_PORT}", "--cloud-public-key", cloud_key["public_key"],
-        "--port", str(EDGE_PORT), "--interface", "127.0.0.1", "--sync-interval", "2",
+        "--port", str(EDGE_PORT), "--interface", "127.0.0.1", "--sync-interval", "2", "--default-region", "CA",
     ))
     run("loyalty-cloud", "store", "add", "demo-store", "--brand", "demo", "--public-key", edge_key["public_key"],
         "--data", str(cloud))

@@ -41,6 +41,7 @@ def make_edge_config(
             "cloud_public_key": cloud_key.hex(),
             "zeroconf": False,
             "sync_interval": 0.2,
+            "default_region": "CA",
             **extra,
         },
         env={},

@@ -149,7 +149,7 @@ async def test_adjust_and_update_profile(terminal: Terminal, config: EdgeConfig)
     assert status == 422  # nothing confirmed yet
     status, data = await terminal.call("PATCH", f"/v1/customers/{cid}", {"name": "Eve Adams", "email": None})
     assert status == 200, data
-    assert (data["name"], data["email"], data["phone"]) == ("Eve Adams", None, "5145550005")
+    assert (data["name"], data["email"], data["phone"]) == ("Eve Adams", None, "+15145550005")
     other = await terminal.enroll("Fay", phone="5145550006")
     status, data = await terminal.call("PATCH", f"/v1/customers/{other['customer_id']}", {"phone": "514 555 0005"})
     assert status == 409 and data["error"]["code"] == "phone_taken"
