@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .earning import EarningRules, Promotion, RefundPolicy
@@ -34,31 +34,24 @@ _KEYS = {
 }
 
 
+#: The ratio lives in the program itself; the rules inside the settings carry this neutral one.
+_NEUTRAL_RATIO: dict[str, Any] = {"points_per_unit": 1, "unit_amount": 1}
+
+
+def _neutral_rules() -> EarningRules:
+    return EarningRules(points_per_unit=1, unit_amount=1)
+
+
 @dataclass(frozen=True, slots=True)
 class ProgramSettings:
     kind: ProgramKind = ProgramKind.POINTS
-    include_tax: bool = False
-    visit_points: int = 0
-    visit_min_spend: int = 0
-    excluded_skus: tuple[str, ...] = ()
-    item_points: tuple[tuple[str, int], ...] = ()
-    category_points: tuple[tuple[str, int], ...] = ()
-    custom_amounts: tuple[tuple[str, int], ...] = ()
-    zero_groups: tuple[str, ...] = ()
-    signup_bonus: int = 0
-    promotions: tuple[Promotion, ...] = ()
+    rules: EarningRules = field(default_factory=_neutral_rules)
     rewards: tuple[Reward, ...] = ()
     refund_policy: RefundPolicy = RefundPolicy.CLAMP
     expiry: ExpiryPolicy = field(default_factory=ExpiryPolicy)
 
     def earning_rules(self, points_per_unit: int, unit_amount: int) -> EarningRules:
-        return EarningRules(
-            points_per_unit=points_per_unit, unit_amount=unit_amount, include_tax=self.include_tax,
-            visit_points=self.visit_points, visit_min_spend=self.visit_min_spend,
-            excluded_skus=self.excluded_skus, item_points=self.item_points,
-            category_points=self.category_points, custom_amounts=self.custom_amounts,
-            zero_groups=self.zero_groups, signup_bonus=self.signup_bonus, promotions=self.promotions,
-        )
+        return replace(self.rules, points_per_unit=points_per_unit, unit_amount=unit_amount)
 
 
 def _fail(field: str, message: str, code: str = "invalid_value") -> LocalProtocolError:
@@ -113,6 +106,7 @@ def parse_settings(text: str) -> ProgramSettings:
         raise _fail("", f"settings are not valid JSON: {exc}", "invalid_json") from exc
     doc = _object(raw, "", _KEYS)
     kw: dict[str, Any] = {}
+    rules: dict[str, Any] = dict(_NEUTRAL_RATIO)
     if "kind" in doc:
         if doc["kind"] not in {k.value for k in ProgramKind}:
             raise _fail("kind", "kind must be points or currency")
@@ -120,23 +114,23 @@ def parse_settings(text: str) -> ProgramSettings:
     if "include_tax" in doc:
         if not isinstance(doc["include_tax"], bool):
             raise _fail("include_tax", "include_tax must be true or false", "invalid_type")
-        kw["include_tax"] = doc["include_tax"]
+        rules["include_tax"] = doc["include_tax"]
     if "visit" in doc:
         visit = _object(doc["visit"], "visit", {"points", "min_spend"})
-        kw["visit_points"] = visit.get("points", 0)
-        kw["visit_min_spend"] = visit.get("min_spend", 0)
+        rules["visit_points"] = visit.get("points", 0)
+        rules["visit_min_spend"] = visit.get("min_spend", 0)
     for name in ("excluded_skus", "zero_groups"):
         if name in doc:
-            kw[name] = _strings(doc[name], name)
+            rules[name] = _strings(doc[name], name)
     for name in ("item_points", "category_points", "custom_amounts"):
         if name in doc:
-            kw[name] = _pairs(doc[name], name)
+            rules[name] = _pairs(doc[name], name)
     if "signup_bonus" in doc:
-        kw["signup_bonus"] = doc["signup_bonus"]
+        rules["signup_bonus"] = doc["signup_bonus"]
     if "promotions" in doc:
         if not isinstance(doc["promotions"], list):
             raise _fail("promotions", "promotions must be a list", "invalid_type")
-        kw["promotions"] = tuple(
+        rules["promotions"] = tuple(
             _build(Promotion, dict(_object(p, f"promotions[{i}]", set(Promotion.__dataclass_fields__))),
                    f"promotions[{i}]")
             for i, p in enumerate(doc["promotions"])
@@ -159,12 +153,11 @@ def parse_settings(text: str) -> ProgramSettings:
         kw["refund_policy"] = RefundPolicy(doc["refund_policy"])
     if "expiry" in doc:
         kw["expiry"] = _build(ExpiryPolicy, dict(_object(doc["expiry"], "expiry", {"mode", "months"})), "expiry")
-    settings: ProgramSettings = _build(ProgramSettings, kw, "")
-    # The earning parts are checked by building rules with a neutral ratio.
     try:
-        settings.earning_rules(1, 1)
+        kw["rules"] = EarningRules(**rules)
     except LocalProtocolError as exc:
         raise _fail(str(exc.field), exc.message, exc.code) from exc
+    settings: ProgramSettings = _build(ProgramSettings, kw, "")
     return settings
 
 

@@ -25,7 +25,8 @@ def test_a_full_document_parses() -> None:
         "refund_policy": "negative", "expiry": {"mode": "after_earned", "months": 12},
     }))
     assert settings.kind is ProgramKind.POINTS and settings.refund_policy is RefundPolicy.NEGATIVE
-    assert settings.promotions[0].kind is PromotionKind.BUY_N and settings.custom_amounts == (("shipping", 0),)
+    assert settings.rules.promotions[0].kind is PromotionKind.BUY_N
+    assert settings.rules.custom_amounts == (("shipping", 0),) and settings.rules.include_tax
     rules = earning_rules(Program("b", 1, "P", 1, 100, canonical_settings(json.dumps({"visit": {"points": 3}}))))
     assert (rules.points_per_unit, rules.unit_amount, rules.visit_points) == (1, 100, 3)
 
