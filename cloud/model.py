@@ -206,3 +206,26 @@ def astuple(obj: Any) -> tuple[Any, ...]:
         getter = _ROW_GETTERS[type(obj)] = operator.attrgetter(*(f.name for f in dataclasses.fields(obj)))
     row: tuple[Any, ...] = getter(obj)
     return row
+
+
+# ---- row mapping shared by the backends (the SQL differs, the rows do not)
+
+Row = tuple[Any, ...]
+
+
+def program_from_row(row: Row | None) -> Program | None:
+    """(brand_id, version, name, points_per_unit, unit_amount, settings)."""
+    return None if row is None else Program(row[0], row[1], row[2], row[3], row[4], row[5])
+
+
+def key_from_row(row: Row) -> KeyRecord:
+    return KeyRecord(row[0], row[1], row[2], bytes(row[3]), row[4], row[5])
+
+
+def stores_from_rows(stores: list[Row], keys: list[Row]) -> list[StoreRecord]:
+    """Stores (store_id, brand_id, last_seq, last_hash, created_at) with their
+    key ids from (store_id, key_id) rows, in the order given."""
+    by_store: dict[str, list[str]] = {}
+    for store_id, key_id in keys:
+        by_store.setdefault(store_id, []).append(key_id)
+    return [StoreRecord(r[0], r[1], r[2], bytes(r[3]), r[4], tuple(by_store.get(r[0], ()))) for r in stores]

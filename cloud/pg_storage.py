@@ -57,6 +57,9 @@ from .model import (
     StoredBatch,
     StoreRecord,
     astuple,
+    key_from_row,
+    program_from_row,
+    stores_from_rows,
 )
 from .pg_schema import (
     CONFLICT,
@@ -113,15 +116,6 @@ async def _many(conn: asyncpg.Connection, sql: str, records: Sequence[Any]) -> l
     columns = [list(col) for col in zip(*(astuple(r) for r in records), strict=True)]
     return await _fetch(conn, sql, *columns)
 
-
-def _program(row: Row | None) -> Program | None:
-    if row is None:
-        return None
-    return Program(row[0], row[1], row[2], row[3], row[4], row[5])
-
-
-def _key(row: Row) -> KeyRecord:
-    return KeyRecord(row[0], row[1], row[2], bytes(row[3]), row[4], row[5])
 
 
 class _PgTx:
@@ -345,7 +339,7 @@ class PgStorage:
     async def find_key(self, key_id: str) -> KeyRecord | None:
         async with self._read() as conn:
             rows = await _fetch(conn, f"{KEY_SELECT} WHERE k.key_id = $1", key_id)
-        return _key(rows[0]) if rows else None
+        return key_from_row(rows[0]) if rows else None
 
     async def downlink_page(self, brand_id: str, cursor: int, limit: int) -> DownlinkPage:
         async with self._read() as conn:
@@ -367,7 +361,7 @@ class PgStorage:
             " WHERE brand_id = $1 ORDER BY version DESC LIMIT 1",
             brand_id,
         )
-        return _program(rows[0] if rows else None)
+        return program_from_row(rows[0] if rows else None)
 
     async def current_program(self, brand_id: str) -> Program | None:
         async with self._read() as conn:
@@ -384,12 +378,7 @@ class PgStorage:
                 conn, "SELECT store_id, brand_id, last_seq, last_hash, created_at FROM stores ORDER BY store_id"
             )
             keys = await _fetch(conn, "SELECT store_id, key_id FROM store_keys ORDER BY created_at, key_id")
-        by_store: dict[str, list[str]] = {}
-        for store_id, key_id in keys:
-            by_store.setdefault(store_id, []).append(key_id)
-        return [
-            StoreRecord(r[0], r[1], r[2], bytes(r[3]), r[4], tuple(by_store.get(r[0], ()))) for r in stores
-        ]
+        return stores_from_rows(stores, keys)
 
     async def list_conflicts(self, store_id: str | None = None) -> list[ConflictRecord]:
         where, params = ("WHERE store_id = $1", (store_id,)) if store_id is not None else ("", ())
@@ -493,4 +482,4 @@ class PgStorage:
             rows = await _fetch(conn, f"{KEY_SELECT} WHERE k.key_id = $1", key_id)
             if not rows:
                 raise NotFound(f"no key {key_id!r}", field="key_id")
-        return _key(rows[0])
+        return key_from_row(rows[0])
