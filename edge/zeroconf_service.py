@@ -40,6 +40,11 @@ MAX_INSTANCE_BYTES = 63 - 7
 MAX_TXT_VALUE_BYTES = 200
 #: DNS header flags of an authoritative response (QR and AA, RFC 6762 section 18).
 _RESPONSE_FLAGS = 0x8000 | 0x0400
+#: python-zeroconf holds multicast answers up to 500 ms to aggregate them, and
+#: those answers were built when the question came: one queued just before an
+#: address change carries the old address after our goodbye. A second goodbye,
+#: once that queue has drained, withdraws it for good.
+_REPEAT_GOODBYE_S = 1.0
 
 AdapterSource = Callable[[], Iterable[ifaddr.Adapter]]
 
@@ -161,6 +166,7 @@ class EdgeAdvertiser:
         self._info: AsyncServiceInfo | None = None
         self._addresses: list[str] = []
         self._warned_no_address = False
+        self._repeat_goodbye: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ state
 
@@ -288,16 +294,41 @@ class EdgeAdvertiser:
         info.addresses = [ipaddress.ip_address(a).packed for a in unique]
         try:
             if stale:
-                goodbye = DNSOutgoing(_RESPONSE_FLAGS)
-                for record in stale:
-                    goodbye.add_answer_at_time(record, 0)
-                self._zc.zeroconf.async_send(goodbye)
+                self._send_goodbye(stale)
             await (await self._zc.async_update_service(info))
         except (ZeroconfLibraryError, OSError) as exc:
             info.addresses = [ipaddress.ip_address(a).packed for a in previous]
             raise ZeroconfError(f"cannot update the advertisement of {self.name}: {exc}") from exc
         self._addresses = unique
+        if stale:
+            self._cancel_repeat_goodbye()
+            self._repeat_goodbye = asyncio.get_running_loop().create_task(self._goodbye_again(stale))
         return True
+
+    def _send_goodbye(self, records: list[Any]) -> None:
+        assert self._zc is not None
+        goodbye = DNSOutgoing(_RESPONSE_FLAGS)
+        for record in records:
+            goodbye.add_answer_at_time(record, 0)
+        self._zc.zeroconf.async_send(goodbye)
+
+    async def _goodbye_again(self, stale: list[Any]) -> None:
+        await asyncio.sleep(_REPEAT_GOODBYE_S)
+        async with self._lock:
+            if self._zc is None or self._info is None:
+                return
+            gone = [r for r in stale if str(ipaddress.ip_address(r.address)) not in self._addresses]
+            if not gone:
+                return
+            try:
+                self._send_goodbye(gone)
+            except (ZeroconfLibraryError, OSError) as exc:
+                logger.warning("mDNS: cannot repeat the goodbye for %s: %s", self.name, exc)
+
+    def _cancel_repeat_goodbye(self) -> None:
+        task, self._repeat_goodbye = self._repeat_goodbye, None
+        if task is not None:
+            task.cancel()
 
     async def _register(self, addresses: list[str]) -> None:
         assert self._zc is not None
@@ -333,6 +364,7 @@ class EdgeAdvertiser:
         logger.info("mDNS: withdrew %r", info.name)
 
     async def _close_zeroconf(self) -> None:
+        self._cancel_repeat_goodbye()
         zc, self._zc = self._zc, None
         self._info = None
         self._addresses = []

@@ -1,7 +1,8 @@
 """Advertisement and discovery with real zeroconf, on loopback only.
 
-Every mDNS socket here is bound to 127.0.0.1 (IPv4 only): nothing is ever
-multicast on another interface. Linux delivers multicast on ``lo`` through
+Every mDNS socket here is bound to 127.0.0.1 (IPv4 only; one test plays a
+second host on 127.0.0.2, which is also ``lo``): nothing is ever multicast on
+another interface. Linux delivers multicast on ``lo`` through
 IP_MULTICAST_IF=127.0.0.1 with IP_MULTICAST_LOOP, even though ``lo`` has no
 MULTICAST flag and there is no multicast route, so no setup is needed.
 
@@ -31,6 +32,7 @@ from edge.zeroconf_service import (
 )
 
 LOOPBACK = ["127.0.0.1"]
+SECOND_HOST = ["127.0.0.2"]  # still lo: nothing leaves the machine
 FINGERPRINT = "ed25519:0123456789abcdef"
 T = TypeVar("T")
 
@@ -233,7 +235,11 @@ async def test_name_conflict_renames_the_second(caplog: pytest.LogCaptureFixture
     store = unique_store()
     name = f"Edge {store}"
     first = advertiser(store, port=18083, name=name)
-    second = advertiser(store, port=18084, name=name)
+    # A second host, as on a real LAN: probes ask for unicast answers, and
+    # with both responders on 127.0.0.1:5353 the kernel hands the answer to
+    # one socket of its choosing, often the first responder's own. On its own
+    # loopback address the second instance gets the answers meant for it.
+    second = advertiser(store, port=18084, name=name, interfaces=SECOND_HOST, addresses=SECOND_HOST)
     await first.start()
     try:
         with caplog.at_level(logging.WARNING, logger="edge.zeroconf_service"):
