@@ -208,7 +208,3 @@ INSERT_CONFLICTS = (
     + ", ".join(f"${i}::{t}[]" for i, (_, t) in enumerate(CONFLICT, 1))
     + f") WITH ORDINALITY AS u({names(CONFLICT)}, n) ORDER BY n"
 )
-KEY_SELECT = (
-    "SELECT k.key_id, k.store_id, s.brand_id, k.public_key, k.created_at, k.revoked_at"
-    " FROM store_keys k JOIN stores s ON s.store_id = k.store_id"
-)

@@ -31,44 +31,31 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
 
-from protocol import GENESIS_HASH, Program
-
-from . import checks
-from .errors import AlreadyExists, NotFound, StoreError
+from .errors import StoreError
+from .ledger import SqlLedger
 from .migrations import pending
 from .model import (
-    BalanceMismatch,
     BatchCommit,
-    BrandRecord,
     ChainHead,
-    ConflictRecord,
     CustomerState,
-    DownlinkPage,
-    KeyRecord,
     LedgerState,
     OpRecord,
     SaleState,
     StoredBatch,
-    StoreRecord,
     astuple,
-    key_from_row,
-    program_from_row,
-    stores_from_rows,
 )
 from .pg_schema import (
-    CONFLICT,
     CUSTOMER,
     INSERT_CONFLICTS,
     INSERT_CUSTOMERS,
     INSERT_ENTRIES,
     INSERT_OPS,
-    KEY_SELECT,
     MIGRATION_LOCK,
     MIGRATIONS,
     MIGRATIONS_TABLE,
@@ -78,10 +65,10 @@ from .pg_schema import (
     UPSERT_SALES,
     names,
 )
+from .sql import POSTGRES, Row, Session
 
 log = logging.getLogger(__name__)
 
-Row = tuple[Any, ...]
 
 _DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
@@ -116,6 +103,26 @@ async def _many(conn: asyncpg.Connection, sql: str, records: Sequence[Any]) -> l
     columns = [list(col) for col in zip(*(astuple(r) for r in records), strict=True)]
     return await _fetch(conn, sql, *columns)
 
+
+
+class _PgSession:
+    """``sql.Session`` on an asyncpg connection."""
+
+    dialect = POSTGRES
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        return await _fetch(self._conn, sql, *args)
+
+    async def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if not rows:
+            return
+        try:
+            await self._conn.executemany(sql, rows)
+        except _DB_ERRORS as exc:
+            raise _error(exc) from exc
 
 
 class _PgTx:
@@ -207,7 +214,7 @@ class _PgTx:
         )
 
 
-class PgStorage:
+class PgStorage(SqlLedger):
     """The PostgreSQL ledger at ``dsn`` (its tables are created and migrated by ``open``).
 
     The schema is the DSN's search path (``?search_path=...``; asyncpg sends
@@ -270,7 +277,7 @@ class PgStorage:
                 log.exception("closing %s failed", safe_dsn(self.dsn))
 
     async def _migrate(self, now: int) -> None:
-        async with self._write() as conn:
+        async with self._conn(readonly=False) as conn:
             # Two processes opening a fresh database at once: the second waits, then finds nothing to do.
             await _fetch(conn, "SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
             await _fetch(conn, MIGRATIONS_TABLE)
@@ -318,168 +325,18 @@ class PgStorage:
             except _DB_ERRORS:
                 log.exception("releasing a connection to %s failed", safe_dsn(self.dsn))
 
-    def _write(self) -> AbstractAsyncContextManager[asyncpg.Connection]:
-        return self._conn(readonly=False)
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[Session]:
+        async with self._conn(readonly=False) as conn:
+            yield _PgSession(conn)
 
-    def _read(self) -> AbstractAsyncContextManager[asyncpg.Connection]:
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[Session]:
         """One snapshot (REPEATABLE READ, read only): statements inside see the same committed state."""
-        return self._conn(readonly=True)
+        async with self._conn(readonly=True) as conn:
+            yield _PgSession(conn)
 
     @asynccontextmanager
     async def batch_tx(self) -> AsyncIterator[_PgTx]:
-        async with self._write() as conn:
+        async with self._conn(readonly=False) as conn:
             yield _PgTx(conn)
-
-    async def ping(self) -> None:
-        async with self._read() as conn:
-            await _fetch(conn, "SELECT 1")
-
-    # ---- reads
-
-    async def find_key(self, key_id: str) -> KeyRecord | None:
-        async with self._read() as conn:
-            rows = await _fetch(conn, f"{KEY_SELECT} WHERE k.key_id = $1", key_id)
-        return key_from_row(rows[0]) if rows else None
-
-    async def downlink_page(self, brand_id: str, cursor: int, limit: int) -> DownlinkPage:
-        async with self._read() as conn:
-            rows = await _fetch(
-                conn,
-                f"SELECT {names(CUSTOMER)} FROM customers WHERE brand_id = $1 AND version > $2"
-                " ORDER BY version LIMIT $3",
-                brand_id, cursor, limit,
-            )
-            counter = await _fetch(conn, "SELECT value FROM counters WHERE name = 'change'")
-            program = await self._program(conn, brand_id)
-        return DownlinkPage(tuple(CustomerState(*r) for r in rows), counter[0][0], program)
-
-    @staticmethod
-    async def _program(conn: asyncpg.Connection, brand_id: str) -> Program | None:
-        rows = await _fetch(
-            conn,
-            "SELECT brand_id, version, name, points_per_unit, unit_amount, settings FROM programs"
-            " WHERE brand_id = $1 ORDER BY version DESC LIMIT 1",
-            brand_id,
-        )
-        return program_from_row(rows[0] if rows else None)
-
-    async def current_program(self, brand_id: str) -> Program | None:
-        async with self._read() as conn:
-            return await self._program(conn, brand_id)
-
-    async def list_brands(self) -> list[BrandRecord]:
-        async with self._read() as conn:
-            rows = await _fetch(conn, "SELECT brand_id, name, created_at FROM brands ORDER BY brand_id")
-        return [BrandRecord(*r) for r in rows]
-
-    async def list_stores(self) -> list[StoreRecord]:
-        async with self._read() as conn:
-            stores = await _fetch(
-                conn, "SELECT store_id, brand_id, last_seq, last_hash, created_at FROM stores ORDER BY store_id"
-            )
-            keys = await _fetch(conn, "SELECT store_id, key_id FROM store_keys ORDER BY created_at, key_id")
-        return stores_from_rows(stores, keys)
-
-    async def list_conflicts(self, store_id: str | None = None) -> list[ConflictRecord]:
-        where, params = ("WHERE store_id = $1", (store_id,)) if store_id is not None else ("", ())
-        async with self._read() as conn:
-            rows = await _fetch(conn, f"SELECT {names(CONFLICT)} FROM conflicts {where} ORDER BY id", *params)
-        return [ConflictRecord(*r) for r in rows]
-
-    async def audit_balances(self) -> list[BalanceMismatch]:
-        async with self._read() as conn:
-            rows = await _fetch(
-                conn,
-                "SELECT c.customer_id, c.balance, COALESCE(e.total, 0)::bigint FROM customers c"
-                " LEFT JOIN (SELECT customer_id, SUM(points) AS total FROM ledger_entries"
-                " GROUP BY customer_id) e ON e.customer_id = c.customer_id"
-                " WHERE c.balance != COALESCE(e.total, 0) ORDER BY c.customer_id",
-            )
-        return [BalanceMismatch(*r) for r in rows]
-
-    async def applied_migrations(self) -> list[tuple[str, int]]:
-        async with self._read() as conn:
-            rows = await _fetch(conn, "SELECT name, applied_at FROM migrations ORDER BY name")
-        return [(r[0], r[1]) for r in rows]
-
-    # ---- administration
-
-    @staticmethod
-    async def _brand_exists(conn: asyncpg.Connection, brand_id: str) -> None:
-        if not await _fetch(conn, "SELECT 1 FROM brands WHERE brand_id = $1", brand_id):
-            raise NotFound(f"no brand {brand_id!r}", field="brand_id")
-
-    async def add_brand(self, brand_id: str, name: str, now: int) -> BrandRecord:
-        checks.check_id("brand_id", brand_id)
-        checks.check_name(name)
-        async with self._write() as conn:
-            if await _fetch(conn, "SELECT 1 FROM brands WHERE brand_id = $1", brand_id):
-                raise AlreadyExists(f"brand {brand_id!r} already exists", field="brand_id")
-            await _fetch(
-                conn, "INSERT INTO brands (brand_id, name, created_at) VALUES ($1, $2, $3)", brand_id, name, now
-            )
-        return BrandRecord(brand_id, name, now)
-
-    async def set_program(
-        self, brand_id: str, name: str, points_per_unit: int, unit_amount: int, now: int, settings: str = "{}"
-    ) -> Program:
-        settings = checks.check_program(brand_id, 1, name, points_per_unit, unit_amount, settings).settings
-        async with self._write() as conn:
-            # Lock the brand so two operators cannot both create the same next version.
-            if not await _fetch(conn, "SELECT 1 FROM brands WHERE brand_id = $1 FOR UPDATE", brand_id):
-                raise NotFound(f"no brand {brand_id!r}", field="brand_id")
-            rows = await _fetch(conn, "SELECT COALESCE(MAX(version), 0) FROM programs WHERE brand_id = $1", brand_id)
-            program = checks.check_program(brand_id, rows[0][0] + 1, name, points_per_unit, unit_amount, settings)
-            await _fetch(
-                conn,
-                "INSERT INTO programs (brand_id, version, name, points_per_unit, unit_amount, settings, created_at)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                brand_id, program.version, name, points_per_unit, unit_amount, settings, now,
-            )
-        return program
-
-    @staticmethod
-    async def _insert_key(
-        conn: asyncpg.Connection, store_id: str, brand_id: str, public_key: bytes, now: int
-    ) -> KeyRecord:
-        key_id = checks.check_public_key(public_key)
-        if await _fetch(conn, "SELECT 1 FROM store_keys WHERE key_id = $1 OR public_key = $2", key_id, public_key):
-            raise AlreadyExists(f"key {key_id} is already registered", field="public_key")
-        await _fetch(
-            conn,
-            "INSERT INTO store_keys (key_id, store_id, public_key, created_at) VALUES ($1, $2, $3, $4)",
-            key_id, store_id, public_key, now,
-        )
-        return KeyRecord(key_id, store_id, brand_id, public_key, now, None)
-
-    async def add_store(self, store_id: str, brand_id: str, public_key: bytes, now: int) -> KeyRecord:
-        checks.check_id("store_id", store_id)
-        checks.check_public_key(public_key)
-        async with self._write() as conn:
-            await self._brand_exists(conn, brand_id)
-            if await _fetch(conn, "SELECT 1 FROM stores WHERE store_id = $1", store_id):
-                raise AlreadyExists(f"store {store_id!r} already exists", field="store_id")
-            await _fetch(
-                conn,
-                "INSERT INTO stores (store_id, brand_id, last_seq, last_hash, created_at) VALUES ($1, $2, 0, $3, $4)",
-                store_id, brand_id, GENESIS_HASH, now,
-            )
-            return await self._insert_key(conn, store_id, brand_id, public_key, now)
-
-    async def add_store_key(self, store_id: str, public_key: bytes, now: int) -> KeyRecord:
-        checks.check_public_key(public_key)
-        async with self._write() as conn:
-            rows = await _fetch(conn, "SELECT brand_id FROM stores WHERE store_id = $1", store_id)
-            if not rows:
-                raise NotFound(f"no store {store_id!r}", field="store_id")
-            return await self._insert_key(conn, store_id, rows[0][0], public_key, now)
-
-    async def revoke_key(self, key_id: str, now: int) -> KeyRecord:
-        async with self._write() as conn:
-            await _fetch(
-                conn, "UPDATE store_keys SET revoked_at = $1 WHERE key_id = $2 AND revoked_at IS NULL", now, key_id
-            )
-            rows = await _fetch(conn, f"{KEY_SELECT} WHERE k.key_id = $1", key_id)
-            if not rows:
-                raise NotFound(f"no key {key_id!r}", field="key_id")
-        return key_from_row(rows[0])

@@ -22,51 +22,29 @@ from typing import Any
 
 import aiosqlite
 
-from protocol import GENESIS_HASH, Program
-
-from . import checks
-from .errors import AlreadyExists, NotFound, StoreError
+from .errors import StoreError
+from .ledger import CONFLICT_COLUMNS, CUSTOMER_COLUMNS, SqlLedger
 from .migrations import pending
 from .model import (
-    BalanceMismatch,
     BatchCommit,
-    BrandRecord,
     ChainHead,
-    ConflictRecord,
     CustomerState,
-    DownlinkPage,
-    KeyRecord,
     LedgerState,
     OpRecord,
     SaleState,
     StoredBatch,
-    StoreRecord,
     astuple,
-    key_from_row,
-    program_from_row,
-    stores_from_rows,
 )
+from .sql import SQLITE, Row, Session, to_sqlite
 from .sqlite_schema import MIGRATIONS, MIGRATIONS_TABLE
 
 log = logging.getLogger(__name__)
 
-Row = tuple[Any, ...]
 
-_CUSTOMER_COLS = (
-    "customer_id, brand_id, name, phone, email, card_code, consent, balance, version,"
-    " enrolled_store, created_at, updated_at"
-)
 _SALE_COLS = "store_id, sale_id, customer_id, earned, redeemed, voided_by, voided_at"
 _OP_COLS = (
     "op_id, digest, store_id, seq, kind, terminal_id, customer_id, status, code, points,"
     " program_version, note, at, created_at"
-)
-_CONFLICT_COLS = (
-    "store_id, terminal_id, customer_id, op_id, kind, points_requested, balance_available, at, created_at"
-)
-_KEY_SELECT = (
-    "SELECT k.key_id, k.store_id, s.brand_id, k.public_key, k.created_at, k.revoked_at"
-    " FROM store_keys k JOIN stores s ON s.store_id = k.store_id"
 )
 
 
@@ -96,6 +74,21 @@ async def _many(conn: aiosqlite.Connection, sql: str, rows: Iterable[Sequence[An
 def _ids(values: Iterable[str]) -> str:
     return json.dumps(sorted(set(values)))
 
+
+
+class _SQLiteSession:
+    """``sql.Session`` on an aiosqlite connection (``$n`` becomes ``?n``)."""
+
+    dialect = SQLITE
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        return await _q(self._conn, to_sqlite(sql), args)
+
+    async def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await _many(self._conn, to_sqlite(sql), rows)
 
 
 class _SQLiteTx:
@@ -138,7 +131,7 @@ class _SQLiteTx:
         )
         customers = await _q(
             conn,
-            f"SELECT {_CUSTOMER_COLS} FROM customers WHERE customer_id IN (SELECT value FROM json_each(?))",
+            f"SELECT {CUSTOMER_COLUMNS} FROM customers WHERE customer_id IN (SELECT value FROM json_each(?))",
             (_ids(customer_ids),),
         )
         sales = await _q(
@@ -167,7 +160,7 @@ class _SQLiteTx:
         )
         await _many(
             conn,
-            f"INSERT INTO customers ({_CUSTOMER_COLS}) VALUES ({_marks(_CUSTOMER_COLS)})"
+            f"INSERT INTO customers ({CUSTOMER_COLUMNS}) VALUES ({_marks(CUSTOMER_COLUMNS)})"
             " ON CONFLICT (customer_id) DO UPDATE SET name = excluded.name, phone = excluded.phone,"
             " email = excluded.email, card_code = excluded.card_code, balance = excluded.balance,"
             " version = excluded.version, updated_at = excluded.updated_at",
@@ -188,7 +181,7 @@ class _SQLiteTx:
         )
         await _many(
             conn,
-            f"INSERT INTO conflicts ({_CONFLICT_COLS}) VALUES ({_marks(_CONFLICT_COLS)})",
+            f"INSERT INTO conflicts ({CONFLICT_COLUMNS}) VALUES ({_marks(CONFLICT_COLUMNS)})",
             (astuple(c) for c in out.conflicts),
         )
         await _q(
@@ -211,7 +204,7 @@ class _SQLiteTx:
         )
 
 
-class SQLiteStorage:
+class SQLiteStorage(SqlLedger):
     """The SQLite ledger at ``path`` (created and migrated by ``open``)."""
 
     def __init__(self, path: str | Path, *, busy_timeout_ms: int = 10_000) -> None:
@@ -269,7 +262,7 @@ class SQLiteStorage:
         self._reader = self._writer = None
 
     async def _migrate(self, now: int) -> None:
-        async with self._write() as conn:
+        async with self._write_conn() as conn:
             await _q(conn, MIGRATIONS_TABLE)
             applied = [r[0] for r in await _q(conn, "SELECT name FROM migrations")]
             for migration in pending(applied, MIGRATIONS):
@@ -281,7 +274,7 @@ class SQLiteStorage:
     # ---- transactions
 
     @asynccontextmanager
-    async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def _write_conn(self) -> AsyncIterator[aiosqlite.Connection]:
         conn = self._writer
         if conn is None:
             raise StoreError("storage is not open")
@@ -302,7 +295,12 @@ class SQLiteStorage:
             log.exception("rollback failed on %s", self.path)
 
     @asynccontextmanager
-    async def _read(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def _write(self) -> AsyncIterator[Session]:
+        async with self._write_conn() as conn:
+            yield _SQLiteSession(conn)
+
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[Session]:
         """One snapshot: statements inside see the same committed state."""
         conn = self._reader
         if conn is None:
@@ -310,161 +308,11 @@ class SQLiteStorage:
         async with self._read_lock:
             await _q(conn, "BEGIN")
             try:
-                yield conn
+                yield _SQLiteSession(conn)
             finally:
                 await self._rollback(conn)
 
     @asynccontextmanager
     async def batch_tx(self) -> AsyncIterator[_SQLiteTx]:
-        async with self._write() as conn:
+        async with self._write_conn() as conn:
             yield _SQLiteTx(conn)
-
-    async def ping(self) -> None:
-        async with self._read() as conn:
-            await _q(conn, "SELECT 1")
-
-    # ---- reads
-
-    async def find_key(self, key_id: str) -> KeyRecord | None:
-        async with self._read() as conn:
-            rows = await _q(conn, f"{_KEY_SELECT} WHERE k.key_id = ?", (key_id,))
-        return key_from_row(rows[0]) if rows else None
-
-    async def downlink_page(self, brand_id: str, cursor: int, limit: int) -> DownlinkPage:
-        async with self._read() as conn:
-            rows = await _q(
-                conn,
-                f"SELECT {_CUSTOMER_COLS} FROM customers WHERE brand_id = ? AND version > ?"
-                " ORDER BY version LIMIT ?",
-                (brand_id, cursor, limit),
-            )
-            counter = await _q(conn, "SELECT value FROM counters WHERE name = 'change'")
-            program = await self._program(conn, brand_id)
-        return DownlinkPage(tuple(CustomerState(*r) for r in rows), counter[0][0], program)
-
-    @staticmethod
-    async def _program(conn: aiosqlite.Connection, brand_id: str) -> Program | None:
-        rows = await _q(
-            conn,
-            "SELECT brand_id, version, name, points_per_unit, unit_amount, settings FROM programs"
-            " WHERE brand_id = ? ORDER BY version DESC LIMIT 1",
-            (brand_id,),
-        )
-        return program_from_row(rows[0] if rows else None)
-
-    async def current_program(self, brand_id: str) -> Program | None:
-        async with self._read() as conn:
-            return await self._program(conn, brand_id)
-
-    async def list_brands(self) -> list[BrandRecord]:
-        async with self._read() as conn:
-            rows = await _q(conn, "SELECT brand_id, name, created_at FROM brands ORDER BY brand_id")
-        return [BrandRecord(*r) for r in rows]
-
-    async def list_stores(self) -> list[StoreRecord]:
-        async with self._read() as conn:
-            stores = await _q(
-                conn, "SELECT store_id, brand_id, last_seq, last_hash, created_at FROM stores ORDER BY store_id"
-            )
-            keys = await _q(conn, "SELECT store_id, key_id FROM store_keys ORDER BY created_at, key_id")
-        return stores_from_rows(stores, keys)
-
-    async def list_conflicts(self, store_id: str | None = None) -> list[ConflictRecord]:
-        where, params = ("WHERE store_id = ?", (store_id,)) if store_id is not None else ("", ())
-        async with self._read() as conn:
-            rows = await _q(conn, f"SELECT {_CONFLICT_COLS} FROM conflicts {where} ORDER BY id", params)
-        return [ConflictRecord(*r) for r in rows]
-
-    async def audit_balances(self) -> list[BalanceMismatch]:
-        async with self._read() as conn:
-            rows = await _q(
-                conn,
-                "SELECT c.customer_id, c.balance, COALESCE(e.total, 0) FROM customers c"
-                " LEFT JOIN (SELECT customer_id, SUM(points) AS total FROM ledger_entries"
-                " GROUP BY customer_id) e ON e.customer_id = c.customer_id"
-                " WHERE c.balance != COALESCE(e.total, 0) ORDER BY c.customer_id",
-            )
-        return [BalanceMismatch(*r) for r in rows]
-
-    async def applied_migrations(self) -> list[tuple[str, int]]:
-        async with self._read() as conn:
-            rows = await _q(conn, "SELECT name, applied_at FROM migrations ORDER BY name")
-        return [(r[0], r[1]) for r in rows]
-
-    # ---- administration
-
-    @staticmethod
-    async def _brand_exists(conn: aiosqlite.Connection, brand_id: str) -> None:
-        if not await _q(conn, "SELECT 1 FROM brands WHERE brand_id = ?", (brand_id,)):
-            raise NotFound(f"no brand {brand_id!r}", field="brand_id")
-
-    async def add_brand(self, brand_id: str, name: str, now: int) -> BrandRecord:
-        checks.check_id("brand_id", brand_id)
-        checks.check_name(name)
-        async with self._write() as conn:
-            if await _q(conn, "SELECT 1 FROM brands WHERE brand_id = ?", (brand_id,)):
-                raise AlreadyExists(f"brand {brand_id!r} already exists", field="brand_id")
-            await _q(conn, "INSERT INTO brands (brand_id, name, created_at) VALUES (?, ?, ?)", (brand_id, name, now))
-        return BrandRecord(brand_id, name, now)
-
-    async def set_program(
-        self, brand_id: str, name: str, points_per_unit: int, unit_amount: int, now: int, settings: str = "{}"
-    ) -> Program:
-        settings = checks.check_program(brand_id, 1, name, points_per_unit, unit_amount, settings).settings
-        async with self._write() as conn:
-            await self._brand_exists(conn, brand_id)
-            rows = await _q(conn, "SELECT COALESCE(MAX(version), 0) FROM programs WHERE brand_id = ?", (brand_id,))
-            program = checks.check_program(brand_id, rows[0][0] + 1, name, points_per_unit, unit_amount, settings)
-            await _q(
-                conn,
-                "INSERT INTO programs (brand_id, version, name, points_per_unit, unit_amount, settings, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (brand_id, program.version, name, points_per_unit, unit_amount, settings, now),
-            )
-        return program
-
-    @staticmethod
-    async def _insert_key(
-        conn: aiosqlite.Connection, store_id: str, brand_id: str, public_key: bytes, now: int
-    ) -> KeyRecord:
-        key_id = checks.check_public_key(public_key)
-        if await _q(conn, "SELECT 1 FROM store_keys WHERE key_id = ? OR public_key = ?", (key_id, public_key)):
-            raise AlreadyExists(f"key {key_id} is already registered", field="public_key")
-        await _q(
-            conn,
-            "INSERT INTO store_keys (key_id, store_id, public_key, created_at) VALUES (?, ?, ?, ?)",
-            (key_id, store_id, public_key, now),
-        )
-        return KeyRecord(key_id, store_id, brand_id, public_key, now, None)
-
-    async def add_store(self, store_id: str, brand_id: str, public_key: bytes, now: int) -> KeyRecord:
-        checks.check_id("store_id", store_id)
-        checks.check_public_key(public_key)
-        async with self._write() as conn:
-            await self._brand_exists(conn, brand_id)
-            if await _q(conn, "SELECT 1 FROM stores WHERE store_id = ?", (store_id,)):
-                raise AlreadyExists(f"store {store_id!r} already exists", field="store_id")
-            await _q(
-                conn,
-                "INSERT INTO stores (store_id, brand_id, last_seq, last_hash, created_at) VALUES (?, ?, 0, ?, ?)",
-                (store_id, brand_id, GENESIS_HASH, now),
-            )
-            return await self._insert_key(conn, store_id, brand_id, public_key, now)
-
-    async def add_store_key(self, store_id: str, public_key: bytes, now: int) -> KeyRecord:
-        checks.check_public_key(public_key)
-        async with self._write() as conn:
-            rows = await _q(conn, "SELECT brand_id FROM stores WHERE store_id = ?", (store_id,))
-            if not rows:
-                raise NotFound(f"no store {store_id!r}", field="store_id")
-            return await self._insert_key(conn, store_id, rows[0][0], public_key, now)
-
-    async def revoke_key(self, key_id: str, now: int) -> KeyRecord:
-        async with self._write() as conn:
-            await _q(
-                conn, "UPDATE store_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL", (now, key_id)
-            )
-            rows = await _q(conn, f"{_KEY_SELECT} WHERE k.key_id = ?", (key_id,))
-            if not rows:
-                raise NotFound(f"no key {key_id!r}", field="key_id")
-        return key_from_row(rows[0])

@@ -1,0 +1,189 @@
+"""The ``Storage`` methods both backends share: reads and administration.
+
+Written once against ``sql.Session``; a backend supplies its transactions
+(``_read``: one consistent snapshot; ``_write``: one write transaction, the
+single writer on SQLite, READ COMMITTED with row locks on PostgreSQL) and its
+batch path. Every check raises before a row is written.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+
+from protocol import GENESIS_HASH, Program
+
+from . import checks
+from .errors import AlreadyExists, NotFound
+from .model import (
+    BalanceMismatch,
+    BrandRecord,
+    ConflictRecord,
+    CustomerState,
+    DownlinkPage,
+    KeyRecord,
+    StoreRecord,
+    key_from_row,
+    program_from_row,
+    stores_from_rows,
+)
+from .sql import Session, one
+
+CUSTOMER_COLUMNS = (
+    "customer_id, brand_id, name, phone, email, card_code, consent, balance, version,"
+    " enrolled_store, created_at, updated_at"
+)
+CONFLICT_COLUMNS = (
+    "store_id, terminal_id, customer_id, op_id, kind, points_requested, balance_available, at, created_at"
+)
+KEY_SELECT = (
+    "SELECT k.key_id, k.store_id, s.brand_id, k.public_key, k.created_at, k.revoked_at"
+    " FROM store_keys k JOIN stores s ON s.store_id = k.store_id"
+)
+_PROGRAM_SELECT = (
+    "SELECT brand_id, version, name, points_per_unit, unit_amount, settings FROM programs"
+    " WHERE brand_id = $1 ORDER BY version DESC LIMIT 1"
+)
+
+
+class SqlLedger:
+    """Shared half of ``SQLiteStorage`` and ``PgStorage``."""
+
+    def _read(self) -> AbstractAsyncContextManager[Session]:
+        raise NotImplementedError
+
+    def _write(self) -> AbstractAsyncContextManager[Session]:
+        raise NotImplementedError
+
+    async def ping(self) -> None:
+        async with self._read() as q:
+            await q.fetch("SELECT 1")
+
+    # ---- reads
+
+    async def find_key(self, key_id: str) -> KeyRecord | None:
+        async with self._read() as q:
+            rows = await q.fetch(f"{KEY_SELECT} WHERE k.key_id = $1", key_id)
+        return key_from_row(rows[0]) if rows else None
+
+    async def downlink_page(self, brand_id: str, cursor: int, limit: int) -> DownlinkPage:
+        async with self._read() as q:
+            rows = await q.fetch(
+                f"SELECT {CUSTOMER_COLUMNS} FROM customers WHERE brand_id = $1 AND version > $2"
+                " ORDER BY version LIMIT $3",
+                brand_id, cursor, limit,
+            )
+            counter = await q.fetch("SELECT value FROM counters WHERE name = 'change'")
+            program = program_from_row(one(await q.fetch(_PROGRAM_SELECT, brand_id)))
+        return DownlinkPage(tuple(CustomerState(*r) for r in rows), counter[0][0], program)
+
+    async def current_program(self, brand_id: str) -> Program | None:
+        async with self._read() as q:
+            return program_from_row(one(await q.fetch(_PROGRAM_SELECT, brand_id)))
+
+    async def list_brands(self) -> list[BrandRecord]:
+        async with self._read() as q:
+            rows = await q.fetch("SELECT brand_id, name, created_at FROM brands ORDER BY brand_id")
+        return [BrandRecord(*r) for r in rows]
+
+    async def list_stores(self) -> list[StoreRecord]:
+        async with self._read() as q:
+            stores = await q.fetch(
+                "SELECT store_id, brand_id, last_seq, last_hash, created_at FROM stores ORDER BY store_id"
+            )
+            keys = await q.fetch("SELECT store_id, key_id FROM store_keys ORDER BY created_at, key_id")
+        return stores_from_rows(stores, keys)
+
+    async def list_conflicts(self, store_id: str | None = None) -> list[ConflictRecord]:
+        where, params = ("WHERE store_id = $1", (store_id,)) if store_id is not None else ("", ())
+        async with self._read() as q:
+            rows = await q.fetch(f"SELECT {CONFLICT_COLUMNS} FROM conflicts {where} ORDER BY id", *params)
+        return [ConflictRecord(*r) for r in rows]
+
+    async def audit_balances(self) -> list[BalanceMismatch]:
+        async with self._read() as q:
+            rows = await q.fetch(
+                "SELECT c.customer_id, c.balance, CAST(COALESCE(e.total, 0) AS BIGINT) FROM customers c"
+                " LEFT JOIN (SELECT customer_id, SUM(points) AS total FROM ledger_entries"
+                " GROUP BY customer_id) e ON e.customer_id = c.customer_id"
+                " WHERE c.balance != COALESCE(e.total, 0) ORDER BY c.customer_id",
+            )
+        return [BalanceMismatch(*r) for r in rows]
+
+    async def applied_migrations(self) -> list[tuple[str, int]]:
+        async with self._read() as q:
+            rows = await q.fetch("SELECT name, applied_at FROM migrations ORDER BY name")
+        return [(r[0], r[1]) for r in rows]
+
+    # ---- administration
+
+    @staticmethod
+    async def _brand_exists(q: Session, brand_id: str, *, lock: bool = False) -> None:
+        suffix = q.dialect.for_update if lock else ""
+        if not await q.fetch(f"SELECT 1 FROM brands WHERE brand_id = $1{suffix}", brand_id):
+            raise NotFound(f"no brand {brand_id!r}", field="brand_id")
+
+    async def add_brand(self, brand_id: str, name: str, now: int) -> BrandRecord:
+        checks.check_id("brand_id", brand_id)
+        checks.check_name(name)
+        async with self._write() as q:
+            if await q.fetch("SELECT 1 FROM brands WHERE brand_id = $1", brand_id):
+                raise AlreadyExists(f"brand {brand_id!r} already exists", field="brand_id")
+            await q.fetch("INSERT INTO brands (brand_id, name, created_at) VALUES ($1, $2, $3)", brand_id, name, now)
+        return BrandRecord(brand_id, name, now)
+
+    async def set_program(
+        self, brand_id: str, name: str, points_per_unit: int, unit_amount: int, now: int, settings: str = "{}"
+    ) -> Program:
+        settings = checks.check_program(brand_id, 1, name, points_per_unit, unit_amount, settings).settings
+        async with self._write() as q:
+            # The brand's row lock keeps two operators from both creating the same next version.
+            await self._brand_exists(q, brand_id, lock=True)
+            rows = await q.fetch("SELECT COALESCE(MAX(version), 0) FROM programs WHERE brand_id = $1", brand_id)
+            program = checks.check_program(brand_id, rows[0][0] + 1, name, points_per_unit, unit_amount, settings)
+            await q.fetch(
+                "INSERT INTO programs (brand_id, version, name, points_per_unit, unit_amount, settings, created_at)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                brand_id, program.version, name, points_per_unit, unit_amount, settings, now,
+            )
+        return program
+
+    @staticmethod
+    async def _insert_key(q: Session, store_id: str, brand_id: str, public_key: bytes, now: int) -> KeyRecord:
+        key_id = checks.check_public_key(public_key)
+        if await q.fetch("SELECT 1 FROM store_keys WHERE key_id = $1 OR public_key = $2", key_id, public_key):
+            raise AlreadyExists(f"key {key_id} is already registered", field="public_key")
+        await q.fetch(
+            "INSERT INTO store_keys (key_id, store_id, public_key, created_at) VALUES ($1, $2, $3, $4)",
+            key_id, store_id, public_key, now,
+        )
+        return KeyRecord(key_id, store_id, brand_id, public_key, now, None)
+
+    async def add_store(self, store_id: str, brand_id: str, public_key: bytes, now: int) -> KeyRecord:
+        checks.check_id("store_id", store_id)
+        checks.check_public_key(public_key)
+        async with self._write() as q:
+            await self._brand_exists(q, brand_id)
+            if await q.fetch("SELECT 1 FROM stores WHERE store_id = $1", store_id):
+                raise AlreadyExists(f"store {store_id!r} already exists", field="store_id")
+            await q.fetch(
+                "INSERT INTO stores (store_id, brand_id, last_seq, last_hash, created_at) VALUES ($1, $2, 0, $3, $4)",
+                store_id, brand_id, GENESIS_HASH, now,
+            )
+            return await self._insert_key(q, store_id, brand_id, public_key, now)
+
+    async def add_store_key(self, store_id: str, public_key: bytes, now: int) -> KeyRecord:
+        checks.check_public_key(public_key)
+        async with self._write() as q:
+            rows = await q.fetch("SELECT brand_id FROM stores WHERE store_id = $1", store_id)
+            if not rows:
+                raise NotFound(f"no store {store_id!r}", field="store_id")
+            return await self._insert_key(q, store_id, rows[0][0], public_key, now)
+
+    async def revoke_key(self, key_id: str, now: int) -> KeyRecord:
+        async with self._write() as q:
+            await q.fetch("UPDATE store_keys SET revoked_at = $1 WHERE key_id = $2 AND revoked_at IS NULL", now, key_id)
+            rows = await q.fetch(f"{KEY_SELECT} WHERE k.key_id = $1", key_id)
+            if not rows:
+                raise NotFound(f"no key {key_id!r}", field="key_id")
+        return key_from_row(rows[0])
+

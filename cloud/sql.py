@@ -1,0 +1,77 @@
+"""One SQL text for both ledger backends, where the dialects agree.
+
+Most of the ledger's statements are the same in SQLite and PostgreSQL but
+for their placeholders. They are written once, PostgreSQL style (``$1``),
+and a ``Session`` runs them on either backend: SQLite binds ``?1`` by the
+same numbers, so the translation is a rename. Where the dialects differ
+(a list parameter, a row lock), a ``Dialect`` gives the fragment.
+
+The batch path keeps its per-backend SQL (``sqlite_storage``, ``pg_storage``):
+that is where the locks and bulk writes differ for real.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+Row = tuple[Any, ...]
+
+_PLACEHOLDER = re.compile(r"\$(\d+)")
+
+
+@functools.lru_cache(maxsize=512)
+def to_sqlite(sql: str) -> str:
+    """``$1`` placeholders as SQLite's numbered ``?1``."""
+    return _PLACEHOLDER.sub(r"?\1", sql)
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    name: str
+
+    @property
+    def sqlite(self) -> bool:
+        return self.name == "sqlite"
+
+    def any_of(self, column: str, n: int) -> str:
+        """``column`` is one of the strings in parameter ``$n`` (pass ``self.strings(...)``)."""
+        if self.sqlite:
+            return f"{column} IN (SELECT value FROM json_each(${n}))"
+        return f"{column} = ANY(${n}::text[])"
+
+    def strings(self, values: Sequence[str]) -> Any:
+        """A list parameter for :meth:`any_of`."""
+        return json.dumps(list(values)) if self.sqlite else list(values)
+
+    @property
+    def for_update(self) -> str:
+        """A row lock; SQLite has one writer, so its transactions need none."""
+        return "" if self.sqlite else " FOR UPDATE"
+
+
+SQLITE = Dialect("sqlite")
+POSTGRES = Dialect("postgres")
+
+
+class Session(Protocol):
+    """Statements inside one transaction; driver errors leave as ``StoreError``."""
+
+    @property
+    def dialect(self) -> Dialect: ...
+
+    async def fetch(self, sql: str, *args: Any) -> list[Row]:
+        """Rows as tuples; ``sql`` uses ``$n`` placeholders."""
+        ...
+
+    async def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run ``sql`` once per row (small administrative writes, not the batch path)."""
+        ...
+
+
+def one(rows: list[Row]) -> Row | None:
+    return rows[0] if rows else None
