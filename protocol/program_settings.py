@@ -12,7 +12,13 @@ negative amount is an error that names the field, and nothing changes.
      "promotions": [{"kind": "buy_n", "sku": "latte", "quantity": 3, "bonus": 10}],
      "rewards": [{"reward_id": "coffee", "name": "Free coffee", "points": 50,
                   "kind": "free_item", "sku": "coffee"}],
-     "refund_policy": "clamp", "expiry": {"mode": "after_earned", "months": 12}}
+     "refund_policy": "clamp", "expiry": {"mode": "after_earned", "months": 12},
+     "point_value": {"amount": 5, "points": 1}}
+
+``point_value`` is what points are worth to the merchant's accountant:
+``amount`` minor units per ``points`` points (5 cents a point above). A
+currency program's points are its minor units, so it needs none; a points
+program without it has its liability reported in points only.
 """
 
 from __future__ import annotations
@@ -26,11 +32,12 @@ from .earning import EarningRules, Promotion, RefundPolicy
 from .errors import LocalProtocolError
 from .expiry import ExpiryPolicy
 from .rewards import ProgramKind, Reward, check_catalog
+from .validate import MAX_AMOUNT, check_range, check_types
 
 MAX_SETTINGS_BYTES = 64 * 1024
 _KEYS = {
     "kind", "include_tax", "visit", "excluded_skus", "item_points", "category_points", "custom_amounts",
-    "zero_groups", "signup_bonus", "promotions", "rewards", "refund_policy", "expiry",
+    "zero_groups", "signup_bonus", "promotions", "rewards", "refund_policy", "expiry", "point_value",
 }
 
 
@@ -43,12 +50,41 @@ def _neutral_rules() -> EarningRules:
 
 
 @dataclass(frozen=True, slots=True)
+class PointValue:
+    """``amount`` minor units of currency per ``points`` points."""
+
+    amount: int
+    points: int
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        check_range("amount", self.amount, 0, MAX_AMOUNT)
+        check_range("points", self.points, 1, 1_000_000)
+
+    def of(self, points: int) -> int:
+        """The value of ``points`` in minor units, floored (toward minus infinity when negative)."""
+        return points * self.amount // self.points
+
+
+#: A currency program's balance is loyalty money: a point is a minor unit.
+CURRENCY_POINT_VALUE = PointValue(1, 1)
+
+
+@dataclass(frozen=True, slots=True)
 class ProgramSettings:
     kind: ProgramKind = ProgramKind.POINTS
     rules: EarningRules = field(default_factory=_neutral_rules)
     rewards: tuple[Reward, ...] = ()
     refund_policy: RefundPolicy = RefundPolicy.CLAMP
     expiry: ExpiryPolicy = field(default_factory=ExpiryPolicy)
+    point_value: PointValue | None = None
+
+    @property
+    def value_of_a_point(self) -> PointValue | None:
+        """What the accountant counts a point as, or None when the program does not say."""
+        if self.point_value is not None:
+            return self.point_value
+        return CURRENCY_POINT_VALUE if self.kind is ProgramKind.CURRENCY else None
 
     def earning_rules(self, points_per_unit: int, unit_amount: int) -> EarningRules:
         return replace(self.rules, points_per_unit=points_per_unit, unit_amount=unit_amount)
@@ -151,6 +187,9 @@ def parse_settings(text: str) -> ProgramSettings:
         if doc["refund_policy"] not in {p.value for p in RefundPolicy}:
             raise _fail("refund_policy", "refund_policy must be clamp or negative")
         kw["refund_policy"] = RefundPolicy(doc["refund_policy"])
+    if "point_value" in doc:
+        kw["point_value"] = _build(PointValue, dict(_object(doc["point_value"], "point_value", {"amount", "points"})),
+                                   "point_value")
     if "expiry" in doc:
         kw["expiry"] = _build(ExpiryPolicy, dict(_object(doc["expiry"], "expiry", {"mode", "months"})), "expiry")
     try:

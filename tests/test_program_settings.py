@@ -45,6 +45,9 @@ def test_a_full_document_parses() -> None:
     ({"kind": "miles"}, "settings.kind"),
     ({"refund_policy": "maybe"}, "settings.refund_policy"),
     ({"colour": "blue"}, "settings.colour"),
+    ({"point_value": {"amount": -1, "points": 1}}, "settings.point_value.amount"),
+    ({"point_value": {"amount": 5, "points": 0}}, "settings.point_value.points"),
+    ({"point_value": {"amount": 5}}, "settings.point_value"),
 ])
 def test_a_setting_violation_names_the_field(doc: dict[str, Any], field: str) -> None:
     with pytest.raises(LocalProtocolError) as info:
@@ -64,3 +67,13 @@ def test_not_json_and_negative_ratio_are_refused() -> None:
 
 def test_canonical_form_is_stable() -> None:
     assert canonical_settings('{ "signup_bonus": 5, "kind": "points" }') == '{"kind":"points","signup_bonus":5}'
+
+
+def test_what_a_point_is_worth() -> None:
+    points = parse_settings(json.dumps({"kind": "points", "point_value": {"amount": 5, "points": 1}}))
+    assert points.value_of_a_point is not None and points.value_of_a_point.of(1234) == 6170
+    half_cent = parse_settings(json.dumps({"point_value": {"amount": 1, "points": 2}}))
+    assert half_cent.value_of_a_point is not None and half_cent.value_of_a_point.of(5) == 2  # floored
+    assert parse_settings('{"kind": "points"}').value_of_a_point is None  # liability in points only
+    currency = parse_settings('{"kind": "currency"}').value_of_a_point
+    assert currency is not None and currency.of(1999) == 1999  # loyalty cents are cents
