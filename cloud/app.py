@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from . import admin_api
 from .api import CLOCK, CLOUD_KEY, MAX_BATCH_BYTES, SERVICE, STORAGE, add_routes, error_middleware
 from .keys import CloudKey
 from .metrics import METRICS, CloudMetrics, MeteredSyncService, metrics_handler
@@ -36,7 +37,7 @@ def make_app(
     clock: Callable[[], int] = wall_clock_ms,
 ) -> web.Application:
     # The envelope bound plus room for headers' worth of slack; read_body enforces the exact limits.
-    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BATCH_BYTES + 1024)
+    app = web.Application(middlewares=[error_middleware, admin_api.admin_auth], client_max_size=MAX_BATCH_BYTES + 1024)
     app[CLOUD_KEY] = cloud_key
     app[CLOCK] = clock
     app[METRICS] = CloudMetrics()
@@ -59,6 +60,7 @@ def make_app(
     app.cleanup_ctx.append(storage_ctx)
     app.cleanup_ctx.append(service_ctx)
     add_routes(app)
+    admin_api.add_routes(app)
     app.router.add_get("/metrics", metrics_handler)
     return app
 

@@ -14,7 +14,7 @@ from .errors import ConfigError
 
 
 def _config_error(exc: LocalProtocolError) -> ConfigError:
-    return ConfigError(exc.message, field=exc.field)
+    return ConfigError(exc.message, field=exc.field, code=exc.code)
 
 
 def check_id(field: str, value: str) -> str:

@@ -21,6 +21,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from protocol import uuid7
+
+from . import admin_api
 from .app import bind, make_app, serve, url_of, wall_clock_ms
 from .checks import check_id, check_name, check_program, parse_public_key_hex
 from .config import DSN_ENV, DataDir, dsn_from, make_storage
@@ -169,6 +172,39 @@ def cmd_conflicts(args: argparse.Namespace, data: DataDir) -> int:
     return 0
 
 
+def cmd_operator_add(args: argparse.Namespace, data: DataDir) -> int:
+    check_name(args.name)
+    if args.brand is not None:
+        check_id("brand_id", args.brand)
+    _require_ledger(args, data)
+    token = admin_api.new_token()
+    now = wall_clock_ms()
+    operator = _with_storage(
+        args, data, lambda s: s.add_operator(uuid7(now), args.name, args.brand, admin_api.hash_token(token), now)
+    )
+    scope = f"brand {operator.brand_id}" if operator.brand_id else "every brand"
+    if args.json:
+        _out(json.dumps({**dataclasses.asdict(operator), "token": token}))
+    else:
+        _out(f"operator {operator.operator_id} ({operator.name}, {scope})")
+        _out(f"token (shown once, keep it secret): {token}")
+    return 0
+
+
+def cmd_operator_list(args: argparse.Namespace, data: DataDir) -> int:
+    _require_ledger(args, data)
+    for operator in _with_storage(args, data, lambda s: s.list_operators()):
+        _out(json.dumps(dataclasses.asdict(operator)))
+    return 0
+
+
+def cmd_operator_revoke(args: argparse.Namespace, data: DataDir) -> int:
+    _require_ledger(args, data)
+    operator = _with_storage(args, data, lambda s: s.revoke_operator(args.operator_id, wall_clock_ms()))
+    _out(f"operator {operator.operator_id} ({operator.name}) revoked at {operator.revoked_at}")
+    return 0
+
+
 def _require_ledger(args: argparse.Namespace, data: DataDir) -> None:
     """For verbs that need the database but not the signing key, which a
     systemd deployment keeps outside the data directory (as a credential)."""
@@ -281,6 +317,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = store.add_parser("list", parents=[common])
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_store_list)
+
+    operator = sub.add_parser("operator", help="users of the admin API and their tokens").add_subparsers(
+        dest="action", required=True
+    )
+    p = operator.add_parser("add", parents=[common], help="make an operator and print its token (once)")
+    p.add_argument("name")
+    p.add_argument("--brand", default=None, help="limit the operator to this brand (a merchant)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_operator_add)
+    p = operator.add_parser("list", parents=[common], help="operators, as JSON lines (no tokens)")
+    p.set_defaults(func=cmd_operator_list)
+    p = operator.add_parser("revoke", parents=[common], help="refuse an operator's token from now on")
+    p.add_argument("operator_id")
+    p.set_defaults(func=cmd_operator_revoke)
 
     p = sub.add_parser("conflicts", parents=[common], help="refused debits, as JSON lines")
     p.add_argument("--store", default=None)

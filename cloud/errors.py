@@ -21,10 +21,11 @@ class StoreError(CloudError):
 class ConfigError(CloudError):
     """Bad operator input (CLI arguments, data directory, key file)."""
 
-    def __init__(self, message: str, *, field: str | None = None) -> None:
+    def __init__(self, message: str, *, field: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
+        self.code = code  # the protocol's machine code when a protocol check refused the input
 
 
 class KeyFileError(ConfigError):

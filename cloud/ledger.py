@@ -21,6 +21,7 @@ from .model import (
     CustomerState,
     DownlinkPage,
     KeyRecord,
+    OperatorRecord,
     StoreRecord,
     key_from_row,
     program_from_row,
@@ -39,6 +40,7 @@ KEY_SELECT = (
     "SELECT k.key_id, k.store_id, s.brand_id, k.public_key, k.created_at, k.revoked_at"
     " FROM store_keys k JOIN stores s ON s.store_id = k.store_id"
 )
+_OPERATOR_SELECT = "SELECT operator_id, name, brand_id, created_at, revoked_at FROM operators"
 _PROGRAM_SELECT = (
     "SELECT brand_id, version, name, points_per_unit, unit_amount, settings FROM programs"
     " WHERE brand_id = $1 ORDER BY version DESC LIMIT 1"
@@ -187,3 +189,38 @@ class SqlLedger:
                 raise NotFound(f"no key {key_id!r}", field="key_id")
         return key_from_row(rows[0])
 
+    # ---- operators of the admin API
+
+    async def add_operator(self, operator_id: str, name: str, brand_id: str | None, token_hash: bytes,
+                           now: int) -> OperatorRecord:
+        checks.check_name(name)
+        async with self._write() as q:
+            if brand_id is not None:
+                await self._brand_exists(q, brand_id)
+            await q.fetch(
+                "INSERT INTO operators (operator_id, name, brand_id, token_hash, created_at)"
+                " VALUES ($1, $2, $3, $4, $5)",
+                operator_id, name, brand_id, token_hash, now,
+            )
+        return OperatorRecord(operator_id, name, brand_id, now, None)
+
+    async def find_operator(self, token_hash: bytes) -> OperatorRecord | None:
+        """The operator holding the token of this hash, revoked or not."""
+        async with self._read() as q:
+            row = one(await q.fetch(f"{_OPERATOR_SELECT} WHERE token_hash = $1", token_hash))
+        return None if row is None else OperatorRecord(*row)
+
+    async def list_operators(self) -> list[OperatorRecord]:
+        async with self._read() as q:
+            rows = await q.fetch(f"{_OPERATOR_SELECT} ORDER BY created_at, operator_id")
+        return [OperatorRecord(*r) for r in rows]
+
+    async def revoke_operator(self, operator_id: str, now: int) -> OperatorRecord:
+        async with self._write() as q:
+            await q.fetch(
+                "UPDATE operators SET revoked_at = $1 WHERE operator_id = $2 AND revoked_at IS NULL", now, operator_id
+            )
+            row = one(await q.fetch(f"{_OPERATOR_SELECT} WHERE operator_id = $1", operator_id))
+            if row is None:
+                raise NotFound(f"no operator {operator_id!r}", field="operator_id")
+        return OperatorRecord(*row)

@@ -24,6 +24,17 @@ class BrandRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class OperatorRecord:
+    """A user of the admin API: every brand when ``brand_id`` is None, else that brand only."""
+
+    operator_id: str
+    name: str
+    brand_id: str | None
+    created_at: int
+    revoked_at: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class KeyRecord:
     """A store's signing key, with the store and brand it speaks for."""
 

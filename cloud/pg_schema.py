@@ -139,6 +139,21 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE programs ADD COLUMN settings TEXT NOT NULL DEFAULT '{}'",
         ),
     ),
+    Migration(
+        "0003_operators",
+        (
+            # People and programs that use the admin API; only the token's SHA-256 is kept.
+            # brand_id NULL: every brand (the cloud operator); else that brand only (a merchant).
+            """CREATE TABLE operators (
+                operator_id TEXT PRIMARY KEY,
+                name TEXT NOT NULL,
+                brand_id TEXT REFERENCES brands(brand_id),
+                token_hash BYTEA NOT NULL UNIQUE,
+                created_at BIGINT NOT NULL,
+                revoked_at BIGINT
+            )""",
+        ),
+    ),
 )
 
 

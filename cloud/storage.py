@@ -26,6 +26,7 @@ from .model import (
     DownlinkPage,
     KeyRecord,
     LedgerState,
+    OperatorRecord,
     StoredBatch,
     StoreRecord,
 )
@@ -93,3 +94,14 @@ class Storage(Protocol):
     async def add_store_key(self, store_id: str, public_key: bytes, now: int) -> KeyRecord: ...
 
     async def revoke_key(self, key_id: str, now: int) -> KeyRecord: ...
+
+    # ---- operators of the admin API (tokens are stored as their SHA-256 only)
+    async def add_operator(
+        self, operator_id: str, name: str, brand_id: str | None, token_hash: bytes, now: int
+    ) -> OperatorRecord: ...
+
+    async def find_operator(self, token_hash: bytes) -> OperatorRecord | None: ...
+
+    async def list_operators(self) -> list[OperatorRecord]: ...
+
+    async def revoke_operator(self, operator_id: str, now: int) -> OperatorRecord: ...

@@ -59,7 +59,7 @@ BRAND = "acme"
 OTHER_BRAND = "zeta"
 TABLES = (
     "brands", "programs", "stores", "store_keys", "customers", "sales", "ops",
-    "ledger_entries", "conflicts", "batches", "counters",
+    "ledger_entries", "conflicts", "batches", "counters", "operators",
 )
 
 PG_DSN_ENV = "LOYALTY_TEST_PG_DSN"

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from cloud.pg_schema import MIGRATIONS as PG_MIGRATIONS
+from cloud.sqlite_schema import MIGRATIONS as SQLITE_MIGRATIONS
 from protocol import load_public_key, open_ack
 
 from . import cloudkit as k
@@ -54,7 +56,8 @@ def test_init_creates_private_files_and_is_idempotent(tmp_path: Path, ledger: k.
     assert stat.S_IMODE(data.stat().st_mode) == 0o700
     assert stat.S_IMODE((data / "cloud.key").stat().st_mode) == 0o600
     assert sorted(ledger.rows_sync(data / "cloud.sqlite3", "SELECT name FROM migrations")) == [
-        ("0001_ledger",), ("0002_program_settings",)]
+        (m.name,) for m in SQLITE_MIGRATIONS]
+    assert [m.name for m in SQLITE_MIGRATIONS] == [m.name for m in PG_MIGRATIONS]
     # the ledger lives in exactly one place
     assert (data / "cloud.sqlite3").exists() == (ledger.dsn is None)
     again = cli("init", "--data", data)
@@ -133,6 +136,25 @@ def test_brand_program_store_setup(cloud_data: Path, ledger: k.Backend) -> None:
         proc = cli(*args, "--data", cloud_data, expect=2)
         assert "error" in proc.stderr and proc.stdout == "", args
     assert ledger.snapshot_sync(cloud_data / "cloud.sqlite3") == before
+
+
+def test_operators_get_a_token_once_and_can_be_revoked(cloud_data: Path, ledger: k.Backend) -> None:
+    cli("brand", "add", "acme", "--name", "Acme", "--data", cloud_data)
+    made = json.loads(cli("operator", "add", "Acme accountant", "--brand", "acme", "--json",
+                          "--data", cloud_data).stdout)
+    assert made["brand_id"] == "acme" and made["token"].startswith("lec_")
+    (listed,) = [json.loads(line) for line in cli("operator", "list", "--data", cloud_data).stdout.splitlines()]
+    assert listed["operator_id"] == made["operator_id"] and "token" not in listed
+    assert made["token"] not in cli("operator", "list", "--data", cloud_data).stdout
+    before = ledger.snapshot_sync(cloud_data / "cloud.sqlite3")
+    for args in (("operator", "add", "X", "--brand", "nobody"), ("operator", "add", ""),
+                 ("operator", "revoke", "no-such-operator")):
+        assert "error" in cli(*args, "--data", cloud_data, expect=2).stderr, args
+    assert ledger.snapshot_sync(cloud_data / "cloud.sqlite3") == before
+    out = cli("operator", "revoke", made["operator_id"], "--data", cloud_data).stdout
+    assert "revoked" in out
+    (row,) = ledger.rows_sync(cloud_data / "cloud.sqlite3", "SELECT revoked_at FROM operators")
+    assert row[0] is not None
 
 
 def test_commands_on_a_missing_data_dir_create_nothing(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from cloud.errors import AlreadyExists, ConfigError, KeyFileError, NotFound, Sto
 from cloud.keys import CloudKey, create_key, load_key, load_or_create_key
 from cloud.pg_storage import PgStorage
 from cloud.service import SyncService
+from cloud.sqlite_schema import MIGRATIONS
 from cloud.sqlite_storage import SQLiteStorage
 from cloud.storage import Storage
 from protocol import open_ack
@@ -49,7 +50,7 @@ async def test_migrations_are_recorded_once_and_reopen_is_idempotent(tmp_path: P
     await storage.add_brand("acme", "Acme", k.now_ms())
     first = await storage.applied_migrations()
     await storage.close()
-    assert first == [("0001_ledger", 1_700_000_000_000), ("0002_program_settings", 1_700_000_000_000)]
+    assert first == [(m.name, 1_700_000_000_000) for m in MIGRATIONS]
 
     again = backend.storage(tmp_path)
     await again.open(1_800_000_000_000)
@@ -82,7 +83,7 @@ async def test_two_processes_opening_a_fresh_postgres_schema_migrate_it_once(pg:
     await asyncio.gather(first.open(111), second.open(222))
     try:
         applied = await first.applied_migrations()
-        assert [name for name, _ in applied] == ["0001_ledger", "0002_program_settings"]
+        assert [name for name, _ in applied] == [m.name for m in MIGRATIONS]
         assert len({at for _, at in applied}) == 1 and applied[0][1] in (111, 222)  # one opener did it all
         assert await second.applied_migrations() == applied
     finally:
