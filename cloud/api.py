@@ -55,6 +55,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except HttpError as exc:
         if exc.status >= 500:
             log.error("%s %s: %r", request.method, request.path, exc)
+        elif exc.status < 400:
+            log.info("%s %s: %s %s", request.method, request.path, exc.code, exc.message)
         else:
             log.info("%s %s refused: %s %s", request.method, request.path, exc.code, exc.message)
         return error_response(exc)

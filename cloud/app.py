@@ -2,7 +2,10 @@
 
 ``make_app`` takes an already loaded cloud key (so a bad key fails before
 anything listens) and a storage factory (SQLite or PostgreSQL, see
-``config.make_storage``), and opens the ledger when the app starts. ``serve`` binds,
+``config.make_storage``), and opens the ledger when the app starts. It
+embeds ``workers`` reconcilers (``worker.Worker``, one by default; 0 when
+``loyalty-cloud reconcile`` runs them instead), which stop after the batch in
+hand when the app shuts down. ``serve`` binds,
 prints ``listening on http://HOST:PORT`` (the real port, also for port 0) and
 leaves SIGTERM/SIGINT to ``web.run_app``, which stops accepting, lets
 in-flight requests finish, then runs the cleanups (closing the database).
@@ -10,6 +13,8 @@ in-flight requests finish, then runs the cleanups (closing the database).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import socket
 import time
@@ -19,9 +24,15 @@ from aiohttp import web
 
 from . import admin_api
 from .api import CLOCK, CLOUD_KEY, MAX_BATCH_BYTES, SERVICE, STORAGE, add_routes, error_middleware
+from .handoff import Handoff
 from .keys import CloudKey
 from .metrics import METRICS, CloudMetrics, MeteredSyncService, metrics_handler
+from .service import ACK_WAIT
 from .storage import Storage
+from .worker import Applied, Worker
+
+#: How long shutdown waits for an embedded worker to finish its batch before cancelling it.
+WORKER_STOP_TIMEOUT = 30.0
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +46,8 @@ def make_app(
     cloud_key: CloudKey,
     *,
     clock: Callable[[], int] = wall_clock_ms,
+    workers: int = 1,
+    ack_wait: float = ACK_WAIT,
 ) -> web.Application:
     # The envelope bound plus room for headers' worth of slack; read_body enforces the exact limits.
     app = web.Application(middlewares=[error_middleware, admin_api.admin_auth], client_max_size=MAX_BATCH_BYTES + 1024)
@@ -54,8 +67,30 @@ def make_app(
             log.info("ledger %r closed", storage)
 
     async def service_ctx(app: web.Application) -> AsyncIterator[None]:
-        app[SERVICE] = MeteredSyncService(app[STORAGE], app[CLOUD_KEY], app[CLOCK], app[METRICS])
-        yield
+        handoff = Handoff(app[STORAGE])
+        app[SERVICE] = MeteredSyncService(
+            app[STORAGE], app[CLOUD_KEY], app[CLOCK], app[METRICS], handoff=handoff, ack_wait=ack_wait
+        )
+        metrics = app[METRICS]
+
+        def applied(done: Applied) -> None:
+            handoff.applied(done.store_id, done.seq, done.ack)
+            metrics.applied(done)
+
+        embedded = [Worker(app[STORAGE], app[CLOUD_KEY], app[CLOCK], on_applied=applied) for _ in range(workers)]
+        tasks = [asyncio.create_task(w.run(handoff.work), name=f"reconciler-{i}") for i, w in enumerate(embedded)]
+        try:
+            yield
+        finally:
+            for worker in embedded:
+                worker.stop()
+            if tasks:
+                _, late = await asyncio.wait(tasks, timeout=WORKER_STOP_TIMEOUT)
+                for task in late:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            await handoff.close()
 
     app.cleanup_ctx.append(storage_ctx)
     app.cleanup_ctx.append(service_ctx)

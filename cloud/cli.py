@@ -11,51 +11,31 @@ lives in the data directory.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import json
 import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from protocol import uuid7
 
 from . import admin_api
 from .app import bind, make_app, serve, url_of, wall_clock_ms
 from .checks import check_id, check_name, check_program, parse_public_key_hex
+from .cli_common import KEY_FILE_ENV, MAX_WORKERS, signing_key
+from .cli_common import Fail as _Fail
+from .cli_common import out as _out
+from .cli_common import require_ledger as _require_ledger
+from .cli_common import with_storage as _with_storage
 from .config import DSN_ENV, DataDir, dsn_from, make_storage
 from .errors import ConfigError, StoreError
 from .keys import CloudKey, load_key, load_or_create_key
-from .storage import Storage
+from .service import ACK_WAIT
 
 PROG = "loyalty-cloud"
-T = TypeVar("T")
-
-
-class _Fail(Exception):
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def _out(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
-
-
-def _with_storage(args: argparse.Namespace, data: DataDir, action: Callable[[Storage], Awaitable[T]]) -> T:
-    async def run() -> T:
-        storage = make_storage(args.dsn, data)
-        await storage.open(wall_clock_ms())
-        try:
-            return await action(storage)
-        finally:
-            await storage.close()
-
-    return asyncio.run(run())
 
 
 def _print_key(key: CloudKey, as_json: bool, **extra: Any) -> None:
@@ -205,16 +185,6 @@ def cmd_operator_revoke(args: argparse.Namespace, data: DataDir) -> int:
     return 0
 
 
-def _require_ledger(args: argparse.Namespace, data: DataDir) -> None:
-    """For verbs that need the database but not the signing key, which a
-    systemd deployment keeps outside the data directory (as a credential)."""
-    data.require()
-    if args.dsn is None and not data.db_file.exists():
-        raise ConfigError(
-            f"{data.path} is not initialised (run `loyalty-cloud init --data {data.path}`)", field="data"
-        )
-
-
 def cmd_audit(args: argparse.Namespace, data: DataDir) -> int:
     _require_ledger(args, data)
     mismatches = _with_storage(args, data, lambda s: s.audit_balances())
@@ -227,19 +197,16 @@ def cmd_audit(args: argparse.Namespace, data: DataDir) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, data: DataDir) -> int:
-    if args.key_file is None:
-        data.require_initialised(sqlite=args.dsn is None)
-        key = load_key(data.key_file)
-    else:
-        _require_ledger(args, data)
-        key = load_key(args.key_file)
+    key, _ = signing_key(args, data)
+    if not 0 <= args.workers <= MAX_WORKERS:
+        raise _Fail(f"--workers must be 0..{MAX_WORKERS}", 2)
     try:
         sock = bind(args.host, args.port)
     except OSError as exc:
         raise _Fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", 1) from exc
     logging.getLogger(__name__).info("cloud key %s, data %s, %s", key.key_id, data.path, url_of(sock))
     serve(
-        make_app(lambda: make_storage(args.dsn, data), key),
+        make_app(lambda: make_storage(args.dsn, data), key, workers=args.workers, ack_wait=args.ack_wait),
         sock,
         on_listening=lambda url: _out(f"listening on {url}"),
         shutdown_timeout=args.shutdown_timeout,
@@ -344,9 +311,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=_port, default=8600)
     p.add_argument("--shutdown-timeout", type=float, default=10.0)
     p.add_argument(
-        "--key-file", type=Path, default=os.environ.get("LOYALTY_CLOUD_KEY_FILE") or None, metavar="FILE",
-        help="the signing key (default DIR/cloud.key; env LOYALTY_CLOUD_KEY_FILE), e.g. a systemd credential",
+        "--key-file", type=Path, default=os.environ.get(KEY_FILE_ENV) or None, metavar="FILE",
+        help=f"the signing key (default DIR/cloud.key; env {KEY_FILE_ENV}), e.g. a systemd credential",
     )
+    p.add_argument("--workers", type=int, default=1,
+                   help="embedded reconcilers (0 when `loyalty-cloud reconcile` applies the batches)")
+    p.add_argument("--ack-wait", type=float, default=ACK_WAIT, metavar="S",
+                   help="how long a batch POST waits for its ack before answering 202 (resend later)")
     p.set_defaults(func=cmd_serve)
     return parser
 

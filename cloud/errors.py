@@ -69,3 +69,19 @@ class HttpError(CloudError):
 
     def __repr__(self) -> str:
         return f"HttpError({self.status}, {self.code!r}, {self.message!r}, field={self.field!r})"
+
+
+class NotYetApplied(HttpError):
+    """202: the batch is stored in the inbox but not applied yet; send the same bytes again.
+
+    Not a refusal: it takes the error shape because that is the one shape the
+    edge reads, with ``retry_after_ms`` next to the code.
+    """
+
+    def __init__(self, store_id: str, seq: int, retry_after_ms: int) -> None:
+        super().__init__(
+            202,
+            "accepted",
+            f"batch {seq} of store {store_id} is accepted, not yet applied: send it again for its ack",
+            extra={"retry_after_ms": retry_after_ms},
+        )

@@ -13,16 +13,20 @@ from contextlib import AbstractAsyncContextManager
 from protocol import GENESIS_HASH, Program
 
 from . import checks
-from .errors import AlreadyExists, NotFound
+from .errors import AlreadyExists, NotFound, StoreError
 from .model import (
     BalanceMismatch,
     BrandRecord,
     ConflictRecord,
     CustomerState,
     DownlinkPage,
+    InboxBatch,
     KeyRecord,
     OperatorRecord,
+    Receipt,
+    Received,
     StoreRecord,
+    StoreSync,
     key_from_row,
     program_from_row,
     stores_from_rows,
@@ -41,6 +45,15 @@ KEY_SELECT = (
     " FROM store_keys k JOIN stores s ON s.store_id = k.store_id"
 )
 _OPERATOR_SELECT = "SELECT operator_id, name, brand_id, created_at, revoked_at FROM operators"
+#: The oldest inbox batch that is next in its store's chain, with the store's applied head.
+#: A backend adds its row lock (PostgreSQL: skip stores another reconciler holds).
+CLAIM_SELECT = (
+    "SELECT s.store_id, s.brand_id, s.last_seq, s.last_hash, i.seq, i.hash, i.body, i.at, i.received_at"
+    " FROM inbox i JOIN stores s ON s.store_id = i.store_id AND i.seq = s.last_seq + 1"
+    " ORDER BY i.received_at LIMIT 1"
+)
+#: A store's last pull is written at most this often (pulls are reads; the time is only for alerts).
+PULL_NOTE_MS = 60_000
 _PROGRAM_SELECT = (
     "SELECT brand_id, version, name, points_per_unit, unit_amount, settings FROM programs"
     " WHERE brand_id = $1 ORDER BY version DESC LIMIT 1"
@@ -74,9 +87,9 @@ class SqlLedger:
                 " ORDER BY version LIMIT $3",
                 brand_id, cursor, limit,
             )
-            counter = await q.fetch("SELECT value FROM counters WHERE name = 'change'")
+            counter = one(await q.fetch("SELECT value FROM brand_counters WHERE brand_id = $1", brand_id))
             program = program_from_row(one(await q.fetch(_PROGRAM_SELECT, brand_id)))
-        return DownlinkPage(tuple(CustomerState(*r) for r in rows), counter[0][0], program)
+        return DownlinkPage(tuple(CustomerState(*r) for r in rows), 0 if counter is None else counter[0], program)
 
     async def current_program(self, brand_id: str) -> Program | None:
         async with self._read() as q:
@@ -94,6 +107,17 @@ class SqlLedger:
             )
             keys = await q.fetch("SELECT store_id, key_id FROM store_keys ORDER BY created_at, key_id")
         return stores_from_rows(stores, keys)
+
+    async def list_store_sync(self, brand_id: str | None = None) -> list[StoreSync]:
+        where, params = ("WHERE s.brand_id = $1", (brand_id,)) if brand_id is not None else ("", ())
+        async with self._read() as q:
+            rows = await q.fetch(
+                "SELECT s.store_id, s.brand_id, s.created_at, s.last_seq, y.received_seq, y.last_batch_at,"
+                f" y.last_pull_at FROM stores s JOIN store_sync y ON y.store_id = s.store_id {where}"
+                " ORDER BY s.store_id",
+                *params,
+            )
+        return [StoreSync(*r) for r in rows]
 
     async def list_conflicts(self, store_id: str | None = None) -> list[ConflictRecord]:
         where, params = ("WHERE store_id = $1", (store_id,)) if store_id is not None else ("", ())
@@ -116,6 +140,88 @@ class SqlLedger:
             rows = await q.fetch("SELECT name, applied_at FROM migrations ORDER BY name")
         return [(r[0], r[1]) for r in rows]
 
+    # ---- receiving batches (applying them is the backends' batch path)
+
+    async def receive_batch(self, batch: InboxBatch) -> Received:
+        """Store a verified batch in the inbox if it is the next of its store's received chain.
+
+        The store's ``store_sync`` row is locked, so two copies of one batch
+        arriving at once are decided one after the other. Nothing is written
+        unless the batch is queued.
+        """
+        async with self._write() as q:
+            head = one(await q.fetch(
+                f"SELECT received_seq, received_hash FROM store_sync WHERE store_id = $1{q.dialect.for_update}",
+                batch.store_id,
+            ))
+            if head is None:
+                raise StoreError(f"store {batch.store_id} has a key but no sync row")
+            received_seq, received_hash = head[0], bytes(head[1])
+            expected = received_seq + 1
+            if batch.seq <= received_seq:
+                # One statement, one snapshot: a batch moving from the inbox to batches is seen once.
+                found = one(await q.fetch(
+                    "SELECT hash, ack FROM batches WHERE store_id = $1 AND seq = $2"
+                    " UNION ALL SELECT hash, NULL FROM inbox WHERE store_id = $1 AND seq = $2",
+                    batch.store_id, batch.seq,
+                ))
+                if found is None:
+                    raise StoreError(f"batch {batch.seq} of store {batch.store_id} was received but is gone")
+                if bytes(found[0]) != batch.hash:
+                    return Received(Receipt.CONFLICT, expected)
+                if found[1] is None:
+                    return Received(Receipt.PENDING, expected)
+                return Received(Receipt.APPLIED, expected, bytes(found[1]))
+            if batch.seq > expected:
+                return Received(Receipt.GAP, expected)
+            if batch.prev_hash != received_hash:
+                return Received(Receipt.CHAIN_BROKEN, expected)
+            await q.fetch(
+                "INSERT INTO inbox (store_id, seq, hash, body, at, received_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                batch.store_id, batch.seq, batch.hash, batch.body, batch.at, batch.received_at,
+            )
+            await q.fetch(
+                "UPDATE store_sync SET received_seq = $1, received_hash = $2, last_batch_at = $3 WHERE store_id = $4",
+                batch.seq, batch.hash, batch.received_at, batch.store_id,
+            )
+        return Received(Receipt.QUEUED, batch.seq + 1)
+
+    async def applied_acks(self, wanted: list[tuple[str, int]]) -> dict[tuple[str, int], bytes]:
+        """The stored acks of those (store, seq) batches that are applied by now."""
+        if not wanted:
+            return {}
+        async with self._read() as q:
+            rows = await q.fetch(
+                f"SELECT store_id, last_seq FROM stores WHERE {q.dialect.any_of('store_id', 1)}",
+                q.dialect.strings(sorted({store for store, _ in wanted})),
+            )
+            heads: dict[str, int] = {r[0]: r[1] for r in rows}
+            found: dict[tuple[str, int], bytes] = {}
+            for store_id, seq in wanted:
+                if heads.get(store_id, 0) >= seq:
+                    row = one(await q.fetch("SELECT ack FROM batches WHERE store_id = $1 AND seq = $2", store_id, seq))
+                    if row is not None:
+                        found[store_id, seq] = bytes(row[0])
+        return found
+
+    async def inbox_depth(self) -> int:
+        async with self._read() as q:
+            rows = await q.fetch("SELECT COUNT(*) FROM inbox")
+        return int(rows[0][0])
+
+    async def note_pull(self, store_id: str, now: int) -> None:
+        """Remember that the store pulled (at most once a minute: a pull is otherwise a read)."""
+        async with self._read() as q:
+            row = one(await q.fetch("SELECT last_pull_at FROM store_sync WHERE store_id = $1", store_id))
+        if row is None or (row[0] is not None and now - row[0] < PULL_NOTE_MS):
+            return
+        async with self._write() as q:
+            await q.fetch(
+                "UPDATE store_sync SET last_pull_at = $1 WHERE store_id = $2"
+                " AND (last_pull_at IS NULL OR last_pull_at < $3)",
+                now, store_id, now - PULL_NOTE_MS + 1,
+            )
+
     # ---- administration
 
     @staticmethod
@@ -131,6 +237,7 @@ class SqlLedger:
             if await q.fetch("SELECT 1 FROM brands WHERE brand_id = $1", brand_id):
                 raise AlreadyExists(f"brand {brand_id!r} already exists", field="brand_id")
             await q.fetch("INSERT INTO brands (brand_id, name, created_at) VALUES ($1, $2, $3)", brand_id, name, now)
+            await q.fetch("INSERT INTO brand_counters (brand_id, value) VALUES ($1, 0)", brand_id)
         return BrandRecord(brand_id, name, now)
 
     async def set_program(
@@ -170,6 +277,10 @@ class SqlLedger:
             await q.fetch(
                 "INSERT INTO stores (store_id, brand_id, last_seq, last_hash, created_at) VALUES ($1, $2, 0, $3, $4)",
                 store_id, brand_id, GENESIS_HASH, now,
+            )
+            await q.fetch(
+                "INSERT INTO store_sync (store_id, received_seq, received_hash) VALUES ($1, 0, $2)",
+                store_id, GENESIS_HASH,
             )
             return await self._insert_key(q, store_id, brand_id, public_key, now)
 

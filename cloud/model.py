@@ -8,6 +8,7 @@ Times are integer milliseconds since the epoch.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -57,6 +58,30 @@ class StoreRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreSync:
+    """A store's chain heads (as received, as applied) and when it was last heard from."""
+
+    store_id: str
+    brand_id: str
+    created_at: int
+    applied_seq: int
+    received_seq: int
+    last_batch_at: int | None
+    last_pull_at: int | None
+
+    @property
+    def last_heard_at(self) -> int | None:
+        """The later of the last batch and the last pull (pulls are noted once a minute)."""
+        times = [t for t in (self.last_batch_at, self.last_pull_at) if t is not None]
+        return max(times) if times else None
+
+    def silent_since(self) -> int:
+        """Since when the store has been silent: its last contact, else its registration."""
+        heard = self.last_heard_at
+        return self.created_at if heard is None else heard
+
+
+@dataclass(frozen=True, slots=True)
 class ChainHead:
     """The last batch applied for a store (seq 0 and GENESIS_HASH before any)."""
 
@@ -67,11 +92,46 @@ class ChainHead:
 
 
 @dataclass(frozen=True, slots=True)
-class StoredBatch:
+class InboxBatch:
+    """A verified batch as received: stored before it is applied."""
+
     store_id: str
     seq: int
     hash: bytes
-    ack: bytes
+    prev_hash: bytes
+    body: bytes
+    at: int
+    received_at: int
+
+
+class Receipt(enum.Enum):
+    """What receiving a batch found."""
+
+    QUEUED = "queued"  # the next batch of the chain: now in the inbox
+    PENDING = "pending"  # the same bytes are already in the inbox, not applied yet
+    APPLIED = "applied"  # the same bytes were applied; ``ack`` is the stored ack
+    CONFLICT = "conflict"  # that sequence number holds other content
+    GAP = "gap"  # beyond the next sequence number
+    CHAIN_BROKEN = "chain_broken"  # prev_hash is not the hash of the batch before
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    receipt: Receipt
+    expected: int  # the sequence number the store's next new batch must carry
+    ack: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """An inbox batch a reconciler took, with its store's applied head (locked until commit)."""
+
+    head: ChainHead
+    seq: int
+    hash: bytes
+    body: bytes
+    at: int
+    received_at: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +239,7 @@ class BatchCommit:
     """A batch to store with its outcome and the sealed ack that answers it."""
 
     store_id: str
+    brand_id: str
     seq: int
     prev_seq: int
     hash: bytes
@@ -191,7 +252,7 @@ class BatchCommit:
 
 @dataclass(frozen=True, slots=True)
 class DownlinkPage:
-    """Customers changed after a cursor plus the counter and program, one snapshot."""
+    """Customers changed after a cursor plus the brand's counter and program, one snapshot."""
 
     customers: tuple[CustomerState, ...]
     counter: int
@@ -240,3 +301,9 @@ def stores_from_rows(stores: list[Row], keys: list[Row]) -> list[StoreRecord]:
     for store_id, key_id in keys:
         by_store.setdefault(store_id, []).append(key_id)
     return [StoreRecord(r[0], r[1], r[2], bytes(r[3]), r[4], tuple(by_store.get(r[0], ()))) for r in stores]
+
+
+def claim_from_row(row: Row) -> Claim:
+    """(store_id, brand_id, last_seq, last_hash, seq, hash, body, at, received_at): ``ledger.CLAIM_SELECT``."""
+    head = ChainHead(row[0], row[1], row[2], bytes(row[3]))
+    return Claim(head, row[4], bytes(row[5]), bytes(row[6]), row[7], row[8])

@@ -154,6 +154,49 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        "0004_brand_counters",
+        (
+            # One change counter per brand instead of one for the whole ledger, so brands never
+            # wait on the same row. Each starts at the old global value: no edge's cursor moves back.
+            """CREATE TABLE brand_counters (
+                brand_id TEXT PRIMARY KEY REFERENCES brands(brand_id),
+                value BIGINT NOT NULL
+            )""",
+            "INSERT INTO brand_counters (brand_id, value)"
+            " SELECT brand_id, (SELECT value FROM counters WHERE name = 'change') FROM brands",
+            "DROP TABLE counters",
+        ),
+    ),
+    Migration(
+        "0005_inbox",
+        (
+            # Verified batches waiting for the reconciler; a row leaves when its batch is applied.
+            """CREATE TABLE inbox (
+                store_id TEXT NOT NULL REFERENCES stores(store_id),
+                seq BIGINT NOT NULL,
+                hash BYTEA NOT NULL,
+                body BYTEA NOT NULL,
+                at BIGINT NOT NULL,
+                received_at BIGINT NOT NULL,
+                PRIMARY KEY (store_id, seq)
+            )""",
+            "CREATE INDEX inbox_received ON inbox (received_at)",
+            # The head of the chain as received (stores.last_* is the head as applied), and when
+            # the store was last heard from. A row of its own, so receiving never waits on a store
+            # row the reconciler holds.
+            """CREATE TABLE store_sync (
+                store_id TEXT PRIMARY KEY REFERENCES stores(store_id),
+                received_seq BIGINT NOT NULL,
+                received_hash BYTEA NOT NULL,
+                last_batch_at BIGINT,
+                last_pull_at BIGINT
+            )""",
+            "INSERT INTO store_sync (store_id, received_seq, received_hash, last_batch_at)"
+            " SELECT s.store_id, s.last_seq, s.last_hash,"
+            " (SELECT MAX(b.received_at) FROM batches b WHERE b.store_id = s.store_id) FROM stores s",
+        ),
+    ),
 )
 
 

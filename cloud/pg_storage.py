@@ -1,24 +1,32 @@
 """PostgreSQL implementation of ``Storage`` (asyncpg, a connection pool).
 
-Concurrency: row locks, not SERIALIZABLE. A batch runs in one READ COMMITTED
-transaction that takes its locks in one fixed order, so two transactions can
-wait for each other but never deadlock:
+Concurrency: row locks, not SERIALIZABLE. A batch is applied in one READ
+COMMITTED transaction that takes its locks in one fixed order, so two
+transactions can wait for each other but never deadlock:
 
-1. ``stores`` row of the batch's store (``FOR UPDATE``): one batch per store
-   at a time, whichever worker or process holds it; the sequence check reads
-   the head under that lock;
+1. ``stores`` row of the batch's store, taken when the batch is claimed
+   (``FOR NO KEY UPDATE ... SKIP LOCKED``): one batch per store at a time,
+   whichever worker or process holds it, and another worker passes over the
+   store instead of waiting; the chain head is read under that lock. NO KEY,
+   so receiving the store's next batch (an inbox row whose foreign key names
+   the store) never waits for it;
 2. every ``customers`` row the batch names, sorted by customer_id
    (``ORDER BY customer_id FOR UPDATE``): the balance a debit is checked
    against is the latest committed one and cannot change until this
-   transaction commits, so two stores can never spend the same points;
-3. the ``counters`` row of the global change counter (``FOR UPDATE``): the
+   transaction commits, so two workers can never spend the same points;
+3. the ``brand_counters`` row of the store's brand (``FOR UPDATE``): the
    versions a batch hands out are committed in counter order, so a pull whose
-   cursor moves to the counter can never skip a version committed later.
+   cursor moves to the brand's counter can never skip a version committed
+   later. Brands never wait for each other's counters.
+
+Receiving a batch is a transaction of its own that locks the store's
+``store_sync`` row only (the head of the chain as received).
 
 A customer the batch creates has no row to lock: it is a plain INSERT, so if
 another store's batch created the same id meanwhile, the unique key fails
-this batch (``StoreError``, a 503: the edge resends it and then gets
-``customer_exists``) instead of overwriting that customer.
+this transaction (``StoreError``; the batch stays in the inbox, the worker
+tries it again and it then gets ``customer_exists``) instead of overwriting
+that customer.
 
 Everything a batch reads is loaded with ``= ANY($1::text[])`` (one parameter
 however many ids) and every table is written with one
@@ -38,17 +46,18 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from .errors import StoreError
-from .ledger import SqlLedger
+from .ledger import CLAIM_SELECT, SqlLedger
 from .migrations import pending
 from .model import (
     BatchCommit,
     ChainHead,
+    Claim,
     CustomerState,
     LedgerState,
     OpRecord,
     SaleState,
-    StoredBatch,
     astuple,
+    claim_from_row,
 )
 from .pg_schema import (
     CUSTOMER,
@@ -135,16 +144,15 @@ class _PgTx:
     async def chain_head(self, store_id: str) -> ChainHead | None:
         rows = await _fetch(
             self._conn,
-            "SELECT store_id, brand_id, last_seq, last_hash FROM stores WHERE store_id = $1 FOR UPDATE",
+            "SELECT store_id, brand_id, last_seq, last_hash FROM stores WHERE store_id = $1 FOR NO KEY UPDATE",
             store_id,
         )
         return ChainHead(rows[0][0], rows[0][1], rows[0][2], bytes(rows[0][3])) if rows else None
 
-    async def stored_batch(self, store_id: str, seq: int) -> StoredBatch | None:
-        rows = await _fetch(
-            self._conn, "SELECT store_id, seq, hash, ack FROM batches WHERE store_id = $1 AND seq = $2", store_id, seq
-        )
-        return StoredBatch(rows[0][0], rows[0][1], bytes(rows[0][2]), bytes(rows[0][3])) if rows else None
+    async def claim_next(self) -> Claim | None:
+        # NO KEY: a batch being received for this store (its inbox row's foreign key) does not wait.
+        rows = await _fetch(self._conn, CLAIM_SELECT + " FOR NO KEY UPDATE OF s SKIP LOCKED")
+        return claim_from_row(rows[0]) if rows else None
 
     async def load_state(
         self,
@@ -164,7 +172,7 @@ class _PgTx:
             sorted(set(customer_ids)),
         )
         self._locked = {r[0] for r in customers}
-        counter = await _fetch(conn, "SELECT value FROM counters WHERE name = 'change' FOR UPDATE")
+        counter = await _fetch(conn, "SELECT value FROM brand_counters WHERE brand_id = $1 FOR UPDATE", brand_id)
         program = await _fetch(conn, "SELECT MAX(version) FROM programs WHERE brand_id = $1", brand_id)
         sales = await _fetch(
             conn,
@@ -210,8 +218,10 @@ class _PgTx:
         if len(moved) != 1:  # impossible under the store row lock; never write past a moved head
             raise StoreError(f"store {commit.store_id} head moved during batch {commit.seq}")
         await _fetch(
-            conn, "UPDATE counters SET value = $1 WHERE name = 'change' AND value <= $1", out.counter
+            conn, "UPDATE brand_counters SET value = $1 WHERE brand_id = $2 AND value <= $1", out.counter,
+            commit.brand_id,
         )
+        await _fetch(conn, "DELETE FROM inbox WHERE store_id = $1 AND seq = $2", commit.store_id, commit.seq)
 
 
 class PgStorage(SqlLedger):

@@ -12,7 +12,7 @@ envelope and the store's sequence; this decides each op exactly once:
 4. results: one OpResult per op and the final Balance of every customer the
    batch names.
 
-Every balance change and profile change bumps the global change counter and
+Every balance change and profile change bumps the brand's change counter and
 stamps the customer with it, which is what pulls page on.
 """
 

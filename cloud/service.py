@@ -9,7 +9,12 @@ checks around them, in this order (nothing is written on any refusal):
    (403 ``key_revoked``), and the signature holds (401 ``bad_signature``);
 3. the body decodes, and names that key and the key's own store
    (403 ``foreign_key``);
-4. batches: the store's sequence and hash chain (409s); pulls: freshness.
+4. batches: the store's sequence and hash chain as received (409s); pulls:
+   freshness.
+
+A batch that passes is stored in the inbox and applied by a reconciler
+(``worker``); its POST waits a bounded time for the ack (``handoff``), else
+answers 202 ``accepted`` and the edge sends the same bytes again.
 """
 
 from __future__ import annotations
@@ -19,34 +24,35 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from protocol import (
-    Ack,
     Batch,
     CustomerRecord,
     Downlink,
     MessageType,
-    OpStatus,
     ProtocolError,
     Pull,
     body_hash,
     decode_batch,
     decode_pull,
-    encode_ack,
     encode_downlink,
     load_public_key,
     open_envelope,
     seal,
 )
 
-from .errors import HttpError, StoreError
+from .errors import HttpError, NotYetApplied
+from .handoff import Handoff
 from .keys import CloudKey
-from .model import BatchCommit, CustomerState, KeyRecord
-from .reconciler import reconcile
+from .model import CustomerState, InboxBatch, KeyRecord, Receipt
 from .storage import Storage
 
 log = logging.getLogger(__name__)
 
 #: A pull older or newer than this (against the cloud clock) is refused.
 MAX_PULL_SKEW_MS = 300_000
+#: How long a batch POST waits for its batch to be applied before answering 202.
+ACK_WAIT = 2.0
+#: When the edge should send a batch answered 202 again.
+RETRY_AFTER_MS = 250
 
 
 def _protocol_error(exc: ProtocolError) -> HttpError:
@@ -60,10 +66,20 @@ class Verified:
 
 
 class SyncService:
-    def __init__(self, storage: Storage, cloud_key: CloudKey, clock: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        cloud_key: CloudKey,
+        clock: Callable[[], int],
+        *,
+        handoff: Handoff | None = None,
+        ack_wait: float = ACK_WAIT,
+    ) -> None:
         self.storage = storage
         self.cloud_key = cloud_key
         self.clock = clock
+        self.handoff = handoff or Handoff(storage)
+        self.ack_wait = ack_wait
 
     async def verify(self, data: bytes, expected: MessageType) -> Verified:
         """Steps 1-2: the signed body, and the registered key that signed it."""
@@ -95,81 +111,58 @@ class SyncService:
     # ---- batches
 
     async def submit_batch(self, data: bytes) -> bytes:
-        """The sealed ack envelope for a batch envelope, applying it at most once."""
+        """The sealed ack for a batch envelope, once its batch is applied (at most once).
+
+        A new batch is stored in the inbox and answered when a reconciler has
+        applied it, if that happens within ``ack_wait`` seconds; otherwise
+        ``NotYetApplied`` (202): the edge sends the same bytes again soon.
+        """
         verified = await self.verify(data, MessageType.BATCH)
         try:
             batch = decode_batch(verified.body)
         except ProtocolError as exc:
             raise _protocol_error(exc) from exc
         self._check_origin(verified.key, batch.store_id, batch.key_id)
-        return await self._apply(batch, verified.body)
+        return await self._receive(batch, verified.body)
 
-    async def _apply(self, batch: Batch, body: bytes) -> bytes:
-        digest = body_hash(body)
-        async with self.storage.batch_tx() as tx:
-            head = await tx.chain_head(batch.store_id)
-            if head is None:
-                raise StoreError(f"store {batch.store_id} has a key but no row")
-            last = head.last_seq
-            if batch.seq <= last:
-                stored = await tx.stored_batch(batch.store_id, batch.seq)
-                if stored is not None and stored.hash == digest:
-                    log.info("store %s resent batch %d; answering the stored ack", batch.store_id, batch.seq)
-                    return stored.ack
+    async def _receive(self, batch: Batch, body: bytes) -> bytes:
+        received = await self.storage.receive_batch(
+            InboxBatch(batch.store_id, batch.seq, body_hash(body), batch.prev_hash, body, batch.at, self.clock())
+        )
+        match received.receipt:
+            case Receipt.APPLIED:
+                assert received.ack is not None
+                log.info("store %s resent batch %d; answering the stored ack", batch.store_id, batch.seq)
+                self.answered(batch.store_id, "replayed")
+                return received.ack
+            case Receipt.CONFLICT:
                 raise HttpError(
                     409,
                     "batch_conflict",
-                    f"batch {batch.seq} of store {batch.store_id} was already applied with other content",
+                    f"batch {batch.seq} of store {batch.store_id} was already received with other content",
                     field="seq",
                 )
-            if batch.seq > last + 1:
+            case Receipt.GAP:
                 raise HttpError(
                     409,
                     "sequence_gap",
-                    f"expected batch {last + 1}, got {batch.seq}",
+                    f"expected batch {received.expected}, got {batch.seq}",
                     field="seq",
-                    extra={"expected": last + 1},
+                    extra={"expected": received.expected},
                 )
-            if batch.prev_hash != head.last_hash:
+            case Receipt.CHAIN_BROKEN:
                 raise HttpError(
-                    409, "chain_broken", f"prev_hash does not match batch {last}", field="prev_hash"
+                    409, "chain_broken", f"prev_hash does not match batch {batch.seq - 1}", field="prev_hash"
                 )
-            ops = batch.ops
-            state = await tx.load_state(
-                brand_id=head.brand_id,
-                store_id=batch.store_id,
-                op_ids=[op.op_id for op in ops],
-                customer_ids=[op.customer_id for op in ops],
-                sale_ids=[sid for op in ops if isinstance(sid := getattr(op, "sale_id", None), str)],
-            )
-            now = self.clock()
-            outcome = reconcile(
-                store_id=batch.store_id, brand_id=head.brand_id, seq=batch.seq, ops=ops, state=state, now=now
-            )
-            ack = Ack(batch.store_id, batch.seq, digest, now, outcome.results, outcome.balances)
-            sealed = seal(MessageType.ACK, encode_ack(ack), self.cloud_key.private, self.cloud_key.key_id)
-            await tx.save_batch(
-                BatchCommit(
-                    store_id=batch.store_id,
-                    seq=batch.seq,
-                    prev_seq=last,
-                    hash=digest,
-                    body=body,
-                    ack=sealed,
-                    at=batch.at,
-                    received_at=now,
-                    outcome=outcome,
-                )
-            )
-        log.info(
-            "store %s batch %d: %d ops, %d refused, %d applied with a note (see ops.note)",
-            batch.store_id,
-            batch.seq,
-            len(ops),
-            sum(1 for r in outcome.results if r.status is OpStatus.REFUSED),
-            sum(1 for r in outcome.ops if r.note is not None),
-        )
-        return sealed
+        self.handoff.queued()
+        ack = await self.handoff.wait_for_ack(batch.store_id, batch.seq, self.ack_wait)
+        if ack is None:
+            self.answered(batch.store_id, "pending")
+            raise NotYetApplied(batch.store_id, batch.seq, RETRY_AFTER_MS)
+        return ack
+
+    def answered(self, store_id: str, how: str) -> None:
+        """A batch answered without being applied now: ``replayed`` (its stored ack) or ``pending`` (202)."""
 
     # ---- pulls
 
@@ -189,6 +182,7 @@ class SyncService:
                 f"pull made at {pull.at} is more than {MAX_PULL_SKEW_MS // 1000} s from the cloud clock {now}",
                 field="at",
             )
+        await self.storage.note_pull(pull.store_id, now)
         downlink = await self._downlink(pull, verified.key.brand_id, now)
         return seal(
             MessageType.DOWNLINK, encode_downlink(downlink), self.cloud_key.private, self.cloud_key.key_id

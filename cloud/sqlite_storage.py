@@ -23,17 +23,18 @@ from typing import Any
 import aiosqlite
 
 from .errors import StoreError
-from .ledger import CONFLICT_COLUMNS, CUSTOMER_COLUMNS, SqlLedger
+from .ledger import CLAIM_SELECT, CONFLICT_COLUMNS, CUSTOMER_COLUMNS, SqlLedger
 from .migrations import pending
 from .model import (
     BatchCommit,
     ChainHead,
+    Claim,
     CustomerState,
     LedgerState,
     OpRecord,
     SaleState,
-    StoredBatch,
     astuple,
+    claim_from_row,
 )
 from .sql import SQLITE, Row, Session, to_sqlite
 from .sqlite_schema import MIGRATIONS, MIGRATIONS_TABLE
@@ -105,13 +106,10 @@ class _SQLiteTx:
         )
         return ChainHead(rows[0][0], rows[0][1], rows[0][2], bytes(rows[0][3])) if rows else None
 
-    async def stored_batch(self, store_id: str, seq: int) -> StoredBatch | None:
-        rows = await _q(
-            self._conn,
-            "SELECT store_id, seq, hash, ack FROM batches WHERE store_id = ? AND seq = ?",
-            (store_id, seq),
-        )
-        return StoredBatch(rows[0][0], rows[0][1], bytes(rows[0][2]), bytes(rows[0][3])) if rows else None
+    async def claim_next(self) -> Claim | None:
+        # The writer lock is the claim: no other transaction runs until this one ends.
+        rows = await _q(self._conn, CLAIM_SELECT)
+        return claim_from_row(rows[0]) if rows else None
 
     async def load_state(
         self,
@@ -125,8 +123,8 @@ class _SQLiteTx:
         conn = self._conn
         head = await _q(
             conn,
-            "SELECT (SELECT value FROM counters WHERE name = 'change'),"
-            " (SELECT MAX(version) FROM programs WHERE brand_id = ?)",
+            "SELECT (SELECT value FROM brand_counters WHERE brand_id = ?1),"
+            " (SELECT MAX(version) FROM programs WHERE brand_id = ?1)",
             (brand_id,),
         )
         customers = await _q(
@@ -199,9 +197,10 @@ class _SQLiteTx:
             raise StoreError(f"store {commit.store_id} head moved during batch {commit.seq}")
         await _q(
             conn,
-            "UPDATE counters SET value = ? WHERE name = 'change' AND value <= ?",
-            (out.counter, out.counter),
+            "UPDATE brand_counters SET value = ?1 WHERE brand_id = ?2 AND value <= ?1",
+            (out.counter, commit.brand_id),
         )
+        await _q(conn, "DELETE FROM inbox WHERE store_id = ? AND seq = ?", (commit.store_id, commit.seq))
 
 
 class SQLiteStorage(SqlLedger):

@@ -1,12 +1,14 @@
 """The narrow storage interface the reconciler, the API and the CLI use.
 
 A backend (``sqlite_storage``, ``pg_storage``; ``config.make_storage`` picks
-one from the DSN) implements ``Storage``. Batches are applied inside
-``batch_tx()``: one write transaction that reads the store's chain head, loads
-the batch's state set-based, and writes every row of the outcome in bulk.
-It must keep the balance check exact however many batches run at once (one
-SQLite writer; row locks on PostgreSQL). Everything dialect-specific stays in
-the backend modules.
+one from the DSN) implements ``Storage``. A batch is first received
+(``receive_batch``: checked against the store's received chain and stored in
+the inbox), then applied inside ``batch_tx()``: one write transaction that
+claims the next inbox batch with its store's applied head, loads the batch's
+state set-based, and writes every row of the outcome in bulk. It must keep
+the balance check exact however many reconcilers run at once (one SQLite
+writer; row locks on PostgreSQL). Everything dialect-specific stays in the
+backend modules.
 """
 
 from __future__ import annotations
@@ -22,22 +24,30 @@ from .model import (
     BatchCommit,
     BrandRecord,
     ChainHead,
+    Claim,
     ConflictRecord,
     DownlinkPage,
+    InboxBatch,
     KeyRecord,
     LedgerState,
     OperatorRecord,
-    StoredBatch,
+    Received,
     StoreRecord,
+    StoreSync,
 )
 
 
 class LedgerTx(Protocol):
     """A write transaction on the ledger; commits when its context exits cleanly."""
 
-    async def chain_head(self, store_id: str) -> ChainHead | None: ...
+    async def chain_head(self, store_id: str) -> ChainHead | None:
+        """The store's applied head, its row locked until the transaction ends."""
+        ...
 
-    async def stored_batch(self, store_id: str, seq: int) -> StoredBatch | None: ...
+    async def claim_next(self) -> Claim | None:
+        """The oldest inbox batch that is next in its store's chain, its store locked
+        (skipping stores another transaction holds), or None."""
+        ...
 
     async def load_state(
         self,
@@ -65,6 +75,15 @@ class Storage(Protocol):
         """The write transaction a batch is applied in, isolated from every other batch's."""
         ...
 
+    # ---- the inbox
+    async def receive_batch(self, batch: InboxBatch) -> Received: ...
+
+    async def applied_acks(self, wanted: list[tuple[str, int]]) -> dict[tuple[str, int], bytes]: ...
+
+    async def inbox_depth(self) -> int: ...
+
+    async def note_pull(self, store_id: str, now: int) -> None: ...
+
     # ---- reads
     async def find_key(self, key_id: str) -> KeyRecord | None: ...
 
@@ -75,6 +94,8 @@ class Storage(Protocol):
     async def list_brands(self) -> list[BrandRecord]: ...
 
     async def list_stores(self) -> list[StoreRecord]: ...
+
+    async def list_store_sync(self, brand_id: str | None = None) -> list[StoreSync]: ...
 
     async def list_conflicts(self, store_id: str | None = None) -> list[ConflictRecord]: ...
 

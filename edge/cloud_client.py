@@ -1,5 +1,6 @@
 """HTTP transport to the cloud. aiohttp's errors become CloudUnavailable
-(retry later) or CloudRefused (the cloud said no), at this boundary only."""
+(retry later) or CloudRefused (the cloud said no), and a 202 CloudPending
+(stored, not applied yet: resend soon), at this boundary only."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ from typing import Any
 
 import aiohttp
 
-from .errors import CloudRefused, CloudUnavailable
+from .errors import CloudPending, CloudRefused, CloudUnavailable
 
 log = logging.getLogger(__name__)
 MSGPACK = "application/x-msgpack"
 MAX_RESPONSE = 16 * 1024 * 1024
+#: Bounds on the cloud's retry_after_ms hint for a 202 (a missing or odd hint gets the default).
+RETRY_AFTER_S = (0.05, 0.25, 10.0)  # min, default, max
 
 
 class CloudClient:
@@ -54,6 +57,9 @@ class CloudClient:
                 if response.status == 200:
                     return body
                 error = _error_of(body)
+                if response.status == 202:
+                    raise CloudPending(f"{url}: {error.get('message', 'accepted, not yet applied')}",
+                                       _retry_after(error.get("retry_after_ms")))
                 if 400 <= response.status < 500:
                     raise CloudRefused(
                         response.status,
@@ -77,6 +83,13 @@ async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes |
             return None
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _retry_after(hint: Any) -> float:
+    low, default, high = RETRY_AFTER_S
+    if type(hint) is not int:
+        return default
+    return min(high, max(low, hint / 1000))
 
 
 def _error_of(body: bytes) -> dict[str, Any]:

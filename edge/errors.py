@@ -92,3 +92,12 @@ class CloudRefused(Exception):
         self.code = code
         self.message = message
         self.extra = extra or {}
+
+
+class CloudPending(Exception):
+    """The cloud stored the batch but has not applied it yet (202): send the same bytes
+    again after ``retry_after`` seconds. Not a failure: it does not back off."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

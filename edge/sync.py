@@ -34,7 +34,7 @@ from protocol import (
 
 from .backoff import Backoff
 from .db import connect
-from .errors import CloudRefused, CloudUnavailable, StoreError
+from .errors import CloudPending, CloudRefused, CloudUnavailable, StoreError
 from .outbox import Identity, NewBatch, PendingBatch, apply_ack, apply_downlink, prepare_batch, store_batch
 from .store import EdgeStore
 
@@ -60,6 +60,7 @@ class SyncStatus:
     ops_acked: int = 0
     ops_refused: int = 0
     clock_skew_ms: int | None = None
+    batches_pending: int = 0  # answered 202 (stored by the cloud, not applied yet) and sent again
     errors: dict[str, int] = field(default_factory=dict)  # failed rounds by error class, for metrics
 
 
@@ -116,6 +117,12 @@ class SyncTask:
         """One sync round; returns the seconds to wait before the next."""
         try:
             await self.sync_once()
+        except CloudPending as exc:
+            # The cloud has the batch: no failure, no backoff; the same bytes go again soon.
+            self.status.batches_pending += 1
+            self.status.reachable = True
+            log.info("%s; sending it again in %.2f s", exc, exc.retry_after)
+            return exc.retry_after
         except (CloudUnavailable, CloudRefused, ProtocolError, StoreError) as exc:
             status = self.status
             status.attempt += 1

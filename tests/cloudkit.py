@@ -29,6 +29,7 @@ from cloud.api import MSGPACK, STORAGE
 from cloud.app import make_app
 from cloud.config import DataDir, make_storage
 from cloud.keys import CloudKey, create_key
+from cloud.service import ACK_WAIT
 from cloud.storage import Storage
 from protocol import (
     GENESIS_HASH,
@@ -59,7 +60,7 @@ BRAND = "acme"
 OTHER_BRAND = "zeta"
 TABLES = (
     "brands", "programs", "stores", "store_keys", "customers", "sales", "ops",
-    "ledger_entries", "conflicts", "batches", "counters", "operators",
+    "ledger_entries", "conflicts", "batches", "brand_counters", "operators", "inbox", "store_sync",
 )
 
 PG_DSN_ENV = "LOYALTY_TEST_PG_DSN"
@@ -359,13 +360,15 @@ async def seed(storage: Storage, stores: dict[str, StoreSigner]) -> None:
 
 
 @asynccontextmanager
-async def running_cloud(tmp_path: Path, backend: Backend = SQLITE) -> AsyncIterator[Cloud]:
-    """A seeded cloud on 127.0.0.1 (random port) with a fresh data dir under tmp_path."""
+async def running_cloud(tmp_path: Path, backend: Backend = SQLITE, *, workers: int = 1,
+                        ack_wait: float = ACK_WAIT) -> AsyncIterator[Cloud]:
+    """A seeded cloud on 127.0.0.1 (random port) with a fresh data dir under tmp_path, applying
+    batches with ``workers`` embedded reconcilers."""
     data = tmp_path / "cloud"
     data.mkdir(mode=0o700)
     key = create_key(data / "cloud.key")
     clock = Clock()
-    app = make_app(lambda: backend.storage(data), key, clock=clock)
+    app = make_app(lambda: backend.storage(data), key, clock=clock, workers=workers, ack_wait=ack_wait)
     client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1", port=0))
     await client.start_server()
     try:

@@ -13,6 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud.api import MAX_BATCH_BYTES
+from cloud.worker import Worker
 from protocol import (
     GENESIS_HASH,
     Ack,
@@ -177,7 +178,7 @@ async def test_concurrent_batches_from_two_stores_both_apply(cloud_env: k.Cloud)
     )
     assert ack_a.balances[0].points == 5 and ack_b.balances[0].points == 3
     versions = sorted([ack_a.balances[0].version, ack_b.balances[0].version])
-    assert versions in ([2, 4], [3, 4])  # one global counter, each batch a contiguous run
+    assert versions in ([2, 4], [3, 4])  # one counter for the brand (both acme), each batch a contiguous run
 
 
 # ---- sequence and chain
@@ -206,6 +207,44 @@ async def test_wrong_prev_hash_breaks_the_chain(cloud_env: k.Cloud) -> None:
     first, _ = k.StoreSigner("store-b", key=cloud_env.stores["store-b"].key).batch([k.enroll()],
                                                                                    prev_hash=b"\x01" * 32)
     await refused(cloud_env, "/v1/batches", first, 409, "chain_broken")
+
+
+async def test_a_batch_not_applied_in_time_is_accepted_with_202_then_answered(tmp_path: Any,
+                                                                               backend: k.Backend) -> None:
+    """No reconciler in this process and none elsewhere yet: the batch is stored (once, however
+    often it comes), every other batch is checked against it, and it is answered once applied."""
+    async with k.running_cloud(tmp_path, backend, workers=0, ack_wait=0.05) as cloud:
+        store = cloud.stores["store-a"]
+        cid = k.any_uuid()
+        data, batch_hash = store.batch([k.enroll(cid), k.earn(cid, "s1", 10)])
+        (s1, e1), (s2, e2) = await asyncio.gather(cloud.post_json_error("/v1/batches", data),
+                                                  cloud.post_json_error("/v1/batches", data))
+        for status, error in ((s1, e1), (s2, e2)):
+            assert (status, error["code"], error["field"]) == (202, "accepted", None)
+            assert error["retry_after_ms"] > 0 and "batch 1 of store store-a" in error["message"]
+        assert await cloud.storage.inbox_depth() == 1
+        before = await cloud.snapshot()
+        status, _ = await cloud.post_json_error("/v1/batches", data)
+        assert status == 202 and await cloud.snapshot() == before
+        other, _ = store.batch([k.enroll()])  # seq 1 again, other content
+        await refused(cloud, "/v1/batches", other, 409, "batch_conflict")
+        gap, _ = store.batch([k.enroll()], seq=3, prev_hash=batch_hash)
+        assert (await refused(cloud, "/v1/batches", gap, 409, "sequence_gap"))["expected"] == 2
+        broken, _ = store.batch([k.enroll()], seq=2, prev_hash=bytes(32))
+        await refused(cloud, "/v1/batches", broken, 409, "chain_broken")
+        assert await cloud.balances() == {}  # received is not applied
+
+        assert await Worker(cloud.storage, cloud.key, cloud.clock).drain() == 1
+        status, first = await cloud.post("/v1/batches", data)
+        assert status == 200
+        ack = open_ack(first, cloud.key.public)
+        assert (ack.seq, ack.batch_hash, ack.balances[0].points) == (1, batch_hash, 10)
+        assert await cloud.post("/v1/batches", data) == (200, first)
+        assert await cloud.storage.inbox_depth() == 0 and await cloud.balances() == {cid: 10}
+        store.advance(batch_hash)
+        nxt, _ = store.batch([k.earn(cid, "s2", 5)])
+        status, error = await cloud.post_json_error("/v1/batches", nxt)
+        assert (status, error["code"]) == (202, "accepted")
 
 
 # ---- authentication
@@ -356,11 +395,16 @@ async def test_pull_pages_customers_since_the_cursor(cloud_env: k.Cloud) -> None
     assert (empty.customers, empty.to_cursor, empty.more) == ((), 6, False)
 
 
-async def test_pull_with_nothing_new_for_the_brand_advances_to_the_counter(cloud_env: k.Cloud) -> None:
+async def test_each_brand_counts_its_own_changes(cloud_env: k.Cloud) -> None:
     a, z = cloud_env.stores["store-a"], cloud_env.stores["store-z"]
     await cloud_env.send(a, [k.enroll(), k.enroll()])
+    page, _ = await cloud_env.pull(z, cursor=0)  # acme's changes are nothing to zeta's cursor
+    assert (page.customers, page.to_cursor, page.more) == ((), 0, False)
+    cid = k.any_uuid()
+    ack, _ = await cloud_env.send(z, [k.enroll(cid), k.adjust(cid, 4)])
+    assert ack.balances[0].version == 2  # zeta's counter: 1 and 2, whatever acme did
     page, _ = await cloud_env.pull(z, cursor=0)
-    assert (page.customers, page.to_cursor, page.more) == ((), 2, False)
+    assert ([c.customer_id for c in page.customers], page.to_cursor) == ([cid], 2)
 
 
 async def test_program_changes_reach_the_pull(cloud_env: k.Cloud) -> None:

@@ -14,13 +14,14 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from cloud.errors import AlreadyExists, ConfigError, KeyFileError, NotFound, StoreError
+from cloud.errors import AlreadyExists, ConfigError, KeyFileError, NotFound, NotYetApplied, StoreError
 from cloud.keys import CloudKey, create_key, load_key, load_or_create_key
 from cloud.pg_storage import PgStorage
 from cloud.service import SyncService
 from cloud.sqlite_schema import MIGRATIONS
 from cloud.sqlite_storage import SQLiteStorage
 from cloud.storage import Storage
+from cloud.worker import Worker
 from protocol import open_ack
 
 from . import cloudkit as k
@@ -189,15 +190,20 @@ async def test_a_big_batch_costs_a_constant_number_of_statements(tmp_path: Path)
     try:
         stores: dict[str, k.StoreSigner] = {}
         await k.seed(storage, stores)
-        service = SyncService(storage, CloudKey.from_seed(b"\x07" * 32), k.now_ms)
+        key = CloudKey.from_seed(b"\x07" * 32)
+        service = SyncService(storage, key, k.now_ms, ack_wait=0)  # received only: nobody applies here
         signer = stores["store-a"]
         ids = [k.any_uuid() for _ in range(300)]
+        data, _ = signer.batch([k.enroll(cid) for cid in ids] + [k.earn(cid, "s-" + cid, 3) for cid in ids])
+        with pytest.raises(NotYetApplied):
+            await service.submit_batch(data)
         statements: list[str] = []
         assert storage._writer is not None
         await storage._writer.set_trace_callback(statements.append)
-        data, _ = signer.batch([k.enroll(cid) for cid in ids] + [k.earn(cid, "s-" + cid, 3) for cid in ids])
-        ack = open_ack(await service.submit_batch(data), service.cloud_key.public)
+        applied = await Worker(storage, key, k.now_ms).apply_next()
         await storage._writer.set_trace_callback(None)
+        assert applied is not None
+        ack = open_ack(applied.ack, key.public)
         assert len(ack.results) == 600 and all(r.code is None for r in ack.results)
         # executemany traces one INSERT per row; every other statement is per batch
         per_batch = [sql for sql in statements if not sql.startswith("INSERT")]
@@ -219,20 +225,26 @@ async def test_a_big_batch_on_postgres_costs_a_constant_number_of_statements(pg:
     try:
         stores: dict[str, k.StoreSigner] = {}
         await k.seed(storage, stores)
-        service = SyncService(storage, CloudKey.from_seed(b"\x07" * 32), k.now_ms)
+        key = CloudKey.from_seed(b"\x07" * 32)
+        service = SyncService(storage, key, k.now_ms, ack_wait=0)
+        worker = Worker(storage, key, k.now_ms)
         counts = []
         for size in (2, 3, 300):
             ids = [k.any_uuid() for _ in range(size)]
             data, batch_hash = stores["store-a"].batch(
                 [k.enroll(cid) for cid in ids] + [k.earn(cid, "s-" + cid, 3) for cid in ids]
             )
+            with pytest.raises(NotYetApplied):
+                await service.submit_batch(data)
             statements.clear()
-            ack = open_ack(await service.submit_batch(data), service.cloud_key.public)
+            applied = await worker.apply_next()
+            assert applied is not None
+            ack = open_ack(applied.ack, key.public)
             stores["store-a"].advance(batch_hash)
             assert len(ack.results) == 2 * size and all(r.code is None for r in ack.results)
             assert sum("INSERT INTO ops" in sql for sql in statements) == 1
             counts.append(len(statements))
-        # The key lookup and the batch transaction, BEGIN/COMMIT included: 100x the ops, same count.
+        # The apply transaction, BEGIN/COMMIT included: 100x the ops, same count.
         # (The first batch also pays asyncpg's one-time introspection of the array types.)
         assert counts[1] == counts[2] < 25, (counts, statements)
         assert await storage.audit_balances() == []

@@ -16,6 +16,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from cloud.metrics import CloudMetrics
+from cloud.model import StoreSync
 
 from . import cloudkit as k
 from .processkit import CloudProcess, EdgeProcess, free_port
@@ -146,15 +147,24 @@ async def test_cloud_counts_conflicts_replays_errors_and_silent_stores(tmp_path:
         assert value(samples, "loyalty_cloud_batches_received_total", store="store-a", kind="replayed") == 1
         assert value(samples, "loyalty_cloud_batch_errors_total", code="sequence_gap") == 1
         assert value(samples, "loyalty_cloud_stores") == 3
-        # Process just started: nobody is silent yet, whoever has not spoken.
+        # Just registered: nobody is silent yet, whoever has not spoken.
         assert value(samples, "loyalty_cloud_stores_silent", hours="24") == 0
 
 
-def test_silent_stores_count_from_last_heard_or_process_start() -> None:
-    metrics = CloudMetrics(silent_hours=2, started=1_000_000.0)
-    metrics.heard("a", 1_000_000.0 + 3 * 3600)
-    metrics.update_stores(["a", "b", "c"], 1_000_000.0 + 3 * 3600 + 1)
-    # b and c: silent since the process started, 3 h ago; a spoke a second ago.
-    assert metrics.registry.get_sample_value("loyalty_cloud_stores_silent", {"hours": "2"}) == 2
-    metrics.update_stores(["a", "b", "c"], 1_000_000.0 + 5 * 3600 + 2)
-    assert metrics.registry.get_sample_value("loyalty_cloud_stores_silent", {"hours": "2"}) == 3
+def test_silent_stores_count_from_their_last_contact_or_registration() -> None:
+    hour = 3_600_000
+    metrics = CloudMetrics(silent_hours=2)
+    t0 = 1_000_000_000
+    stores = [
+        StoreSync("a", "acme", t0, 0, 0, last_batch_at=t0 + 3 * hour, last_pull_at=None),  # a batch 1 ms ago
+        StoreSync("b", "acme", t0, 0, 0, last_batch_at=None, last_pull_at=t0 + hour),  # pulled 2 h ago
+        StoreSync("c", "acme", t0 + 2 * hour, 0, 0, last_batch_at=None, last_pull_at=None),  # new, never heard
+        StoreSync("d", "acme", t0, 0, 0, last_batch_at=None, last_pull_at=None),  # registered 3 h ago, never heard
+    ]
+    metrics.update_stores(stores, t0 + 3 * hour + 1, inbox=4)
+    assert metrics.registry.get_sample_value("loyalty_cloud_stores_silent", {"hours": "2"}) == 2  # b and d
+    assert metrics.registry.get_sample_value("loyalty_cloud_inbox_batches") == 4
+    assert metrics.registry.get_sample_value("loyalty_cloud_store_last_heard_timestamp_seconds",
+                                             {"store": "b"}) == (t0 + hour) / 1000
+    metrics.update_stores(stores, t0 + 5 * hour + 2, inbox=0)
+    assert metrics.registry.get_sample_value("loyalty_cloud_stores_silent", {"hours": "2"}) == 4

@@ -8,9 +8,11 @@ import random
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from cloud.worker import Worker
 from protocol import OpStatus
 
 from . import cloudkit
@@ -196,3 +198,40 @@ async def test_program_settings_reach_the_edge_and_drive_its_rules(tmp_path: Pat
         assert compute_earn(sale, earning_rules(program), Customer(), edge.now()).total == 60 + 25
     finally:
         await edge.close()
+
+
+class Recorder:
+    """The edge's transport, noting every envelope it sends."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.sent: list[tuple[str, bytes]] = []
+
+    async def post_envelope(self, path: str, envelope: bytes) -> bytes:
+        self.sent.append((path, envelope))
+        reply: bytes = await self.inner.post_envelope(path, envelope)
+        return reply
+
+
+async def test_a_batch_answered_202_is_sent_again_soon_without_backing_off(tmp_path: Path) -> None:
+    """The reconciler runs elsewhere and is slow: the cloud stores the batch and answers 202;
+    the edge resends the same bytes after the hint, not after a backoff, and takes the ack."""
+    async with cloudkit.running_cloud(tmp_path, workers=0, ack_wait=0.05) as cloud:
+        edge = await linked_edge(tmp_path, cloud, "store-p", 5)
+        recorder = edge.sync.client = Recorder(edge.link)
+        try:
+            customer = await edge.enroll("Pat", "+15550002222")
+            await edge.earn(customer, "sale-1", 1200)
+            delay = await edge.sync.attempt_once()
+            status = edge.sync.status
+            assert 0.05 <= delay <= 0.25 and status.attempt == 0 and status.last_error is None
+            assert status.batches_pending == 1 and edge.unacked() == 2
+            assert await cloud.storage.inbox_depth() == 1 and cloudkit.balances_in_db(cloud.db_path) == {}
+            assert await Worker(cloud.storage, cloud.key, cloud.clock).drain() == 1  # a reconciler process
+            await edge.sync.attempt_once()
+            assert edge.unacked() == 0 and status.batches_acked == 1 and status.attempt == 0
+            batches = [envelope for path, envelope in recorder.sent if path == "/v1/batches"]
+            assert len(batches) == 2 and batches[0] == batches[1]  # the same bytes, sent again
+            assert edge.balance(customer)["confirmed"] == 12
+        finally:
+            await edge.close()

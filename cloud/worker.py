@@ -1,0 +1,150 @@
+"""The reconciler worker: applies received batches, per store in sequence,
+across stores in parallel.
+
+Each step is one transaction (``Storage.batch_tx``): claim the oldest inbox
+batch that is next in its store's chain, with the store's row locked (on
+PostgreSQL ``SKIP LOCKED`` passes over stores another worker holds, so any
+number of workers in any number of processes share the inbox without waiting
+for each other), decide its ops (``reconciler.reconcile``), seal the ack,
+write every row and drop the inbox row. That ack is what the edge receives,
+now or when it resends the batch. On SQLite the single writer is the limit:
+workers take turns, whatever their number.
+
+The batch was verified when it was received (signature, key, store,
+sequence and chain); a key revoked since then does not stop it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from protocol import Ack, MessageType, OpStatus, ProtocolError, decode_batch, encode_ack, seal
+
+from .errors import StoreError
+from .keys import CloudKey
+from .model import BatchCommit, BatchOutcome
+from .reconciler import reconcile
+from .storage import Storage
+
+log = logging.getLogger(__name__)
+
+#: An idle worker looks at the inbox this often (a batch received in this process wakes it at once).
+POLL_INTERVAL = 0.1
+#: After a failed step (database away), wait this long before the next.
+ERROR_PAUSE = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """One batch applied: its sealed ack and what was decided."""
+
+    store_id: str
+    seq: int
+    ack: bytes
+    outcome: BatchOutcome
+    seconds: float
+
+
+class Worker:
+    def __init__(
+        self,
+        storage: Storage,
+        cloud_key: CloudKey,
+        clock: Callable[[], int],
+        *,
+        on_applied: Callable[[Applied], None] | None = None,
+    ) -> None:
+        self.storage = storage
+        self.cloud_key = cloud_key
+        self.clock = clock
+        self.on_applied = on_applied
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+
+    async def apply_next(self) -> Applied | None:
+        """Apply the next claimable batch in one transaction; None if there is none."""
+        started = time.perf_counter()
+        async with self.storage.batch_tx() as tx:
+            claim = await tx.claim_next()
+            if claim is None:
+                return None
+            head = claim.head
+            try:
+                batch = decode_batch(claim.body)
+            except ProtocolError as exc:  # it decoded when received: a bug or a tampered database
+                raise StoreError(f"inbox batch {claim.seq} of store {head.store_id} no longer decodes: {exc}") from exc
+            if (batch.store_id, batch.seq, batch.prev_hash) != (head.store_id, claim.seq, head.last_hash):
+                raise StoreError(f"inbox batch {claim.seq} of store {head.store_id} does not follow its chain")
+            ops = batch.ops
+            state = await tx.load_state(
+                brand_id=head.brand_id,
+                store_id=head.store_id,
+                op_ids=[op.op_id for op in ops],
+                customer_ids=[op.customer_id for op in ops],
+                sale_ids=[sid for op in ops if isinstance(sid := getattr(op, "sale_id", None), str)],
+            )
+            now = self.clock()
+            outcome = reconcile(
+                store_id=head.store_id, brand_id=head.brand_id, seq=claim.seq, ops=ops, state=state, now=now
+            )
+            ack = Ack(head.store_id, claim.seq, claim.hash, now, outcome.results, outcome.balances)
+            sealed = seal(MessageType.ACK, encode_ack(ack), self.cloud_key.private, self.cloud_key.key_id)
+            await tx.save_batch(
+                BatchCommit(
+                    store_id=head.store_id,
+                    brand_id=head.brand_id,
+                    seq=claim.seq,
+                    prev_seq=head.last_seq,
+                    hash=claim.hash,
+                    body=claim.body,
+                    ack=sealed,
+                    at=claim.at,
+                    received_at=claim.received_at,
+                    outcome=outcome,
+                )
+            )
+        applied = Applied(head.store_id, claim.seq, sealed, outcome, time.perf_counter() - started)
+        log.info(
+            "store %s batch %d: %d ops, %d refused, %d applied with a note (see ops.note)",
+            head.store_id,
+            claim.seq,
+            len(ops),
+            sum(1 for r in outcome.results if r.status is OpStatus.REFUSED),
+            sum(1 for r in outcome.ops if r.note is not None),
+        )
+        if self.on_applied is not None:
+            self.on_applied(applied)
+        return applied
+
+    async def drain(self) -> int:
+        """Apply batches until none is claimable; how many were applied."""
+        count = 0
+        while not self._stop.is_set() and await self.apply_next() is not None:
+            count += 1
+        return count
+
+    async def run(self, wake: asyncio.Event | None = None, *, poll_interval: float = POLL_INTERVAL) -> None:
+        """Apply batches until ``stop()``; idle, wait for ``wake`` or ``poll_interval``."""
+        wake = self._wake = wake or self._wake
+        while not self._stop.is_set():
+            wake.clear()  # before looking: a batch queued after the look sets it again
+            try:
+                if await self.apply_next() is not None:
+                    continue
+                pause = poll_interval
+            except Exception:  # a worker outlives a failed step: the batch stays in the inbox for the next
+                log.exception("applying a batch failed; retrying in %.1f s", ERROR_PAUSE)
+                pause = ERROR_PAUSE
+            if not self._stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), pause)
+
+    def stop(self) -> None:
+        """Finish the batch in hand, then return from ``run`` or ``drain``."""
+        self._stop.set()
+        self._wake.set()
