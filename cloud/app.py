@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from . import admin_api
+from . import admin_api, report_api
 from .api import CLOCK, CLOUD_KEY, MAX_BATCH_BYTES, SERVICE, STORAGE, add_routes, error_middleware
 from .handoff import Handoff
 from .keys import CloudKey
@@ -96,6 +96,7 @@ def make_app(
     app.cleanup_ctx.append(service_ctx)
     add_routes(app)
     admin_api.add_routes(app)
+    report_api.add_routes(app)
     app.router.add_get("/metrics", metrics_handler)
     return app
 

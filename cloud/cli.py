@@ -22,7 +22,7 @@ from typing import Any
 
 from protocol import uuid7
 
-from . import admin_api
+from . import admin_api, cli_jobs
 from .app import bind, make_app, serve, url_of, wall_clock_ms
 from .checks import check_id, check_name, check_program, parse_public_key_hex
 from .cli_common import KEY_FILE_ENV, MAX_WORKERS, signing_key
@@ -319,12 +319,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ack-wait", type=float, default=ACK_WAIT, metavar="S",
                    help="how long a batch POST waits for its ack before answering 202 (resend later)")
     p.set_defaults(func=cmd_serve)
+
+    cli_jobs.add_commands(sub, common)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    level = "INFO" if args.command == "serve" and args.log_level == "WARNING" else args.log_level
+    daemon = args.command == "serve" or (args.command == "reconcile" and not args.periodic)
+    level = "INFO" if daemon and args.log_level == "WARNING" else args.log_level
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     func: Callable[[argparse.Namespace, DataDir], int] = args.func
     try:

@@ -14,6 +14,8 @@ from protocol import GENESIS_HASH, Program
 
 from . import checks
 from .errors import AlreadyExists, NotFound, StoreError
+from .ledger_periodic import PeriodicLedger
+from .ledger_reports import ReportLedger
 from .model import (
     BalanceMismatch,
     BrandRecord,
@@ -60,8 +62,8 @@ _PROGRAM_SELECT = (
 )
 
 
-class SqlLedger:
-    """Shared half of ``SQLiteStorage`` and ``PgStorage``."""
+class SqlLedger(PeriodicLedger, ReportLedger):
+    """Shared half of ``SQLiteStorage`` and ``PgStorage`` (with the periodic job's and the reports' methods)."""
 
     def _read(self) -> AbstractAsyncContextManager[Session]:
         raise NotImplementedError

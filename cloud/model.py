@@ -268,6 +268,29 @@ class BalanceMismatch:
     entries_total: int
 
 
+@dataclass(frozen=True, slots=True)
+class ChainCheckpoint:
+    """A store's applied head and how far the integrity audit has checked its batch chain."""
+
+    store_id: str
+    last_seq: int
+    last_hash: bytes
+    checked_seq: int  # 0 and GENESIS_HASH before the first audit
+    checked_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LiabilityRow:
+    """Outstanding points of a brand (``store_id`` None) or of the entries a store's ops made."""
+
+    day: str  # UTC date the snapshot stands for, YYYY-MM-DD
+    brand_id: str
+    store_id: str | None
+    points: int
+    value: int | None  # minor units through the program's point_value; None without one
+    taken_at: int
+
+
 _ROW_GETTERS: dict[type, Callable[[Any], tuple[Any, ...]]] = {}
 
 

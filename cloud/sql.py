@@ -22,6 +22,8 @@ from typing import Any, Protocol
 Row = tuple[Any, ...]
 
 _PLACEHOLDER = re.compile(r"\$(\d+)")
+#: Report periods, by the name both dialects' date functions know them by.
+PERIODS = ("day", "week", "month")
 
 
 @functools.lru_cache(maxsize=512)
@@ -47,6 +49,26 @@ class Dialect:
     def strings(self, values: Sequence[str]) -> Any:
         """A list parameter for :meth:`any_of`."""
         return json.dumps(list(values)) if self.sqlite else list(values)
+
+    def json_text(self, column: str, key: str) -> str:
+        """The text of ``key`` in the JSON object held (as text) by ``column``."""
+        if self.sqlite:
+            return f"json_extract({column}, '$.{key}')"
+        return f"(CAST({column} AS json) ->> '{key}')"
+
+    def period_start(self, column_ms: str, period: str) -> str:
+        """The UTC date (YYYY-MM-DD) on which the ``period`` (day; week, from Monday; month)
+        holding the time ``column_ms`` (milliseconds) starts."""
+        if period not in PERIODS:
+            raise ValueError(f"no period {period!r}")  # callers pass a checked value
+        if self.sqlite:
+            seconds = f"{column_ms} / 1000, 'unixepoch'"
+            return {
+                "day": f"date({seconds})",
+                "week": f"date({seconds}, 'weekday 0', '-6 days')",
+                "month": f"strftime('%Y-%m-01', {seconds})",
+            }[period]
+        return f"to_char(date_trunc('{period}', to_timestamp({column_ms} / 1000.0) AT TIME ZONE 'UTC'), 'YYYY-MM-DD')"
 
     @property
     def for_update(self) -> str:

@@ -189,4 +189,34 @@ MIGRATIONS: tuple[Migration, ...] = (
             " (SELECT MAX(b.received_at) FROM batches b WHERE b.store_id = s.store_id) FROM stores s",
         ),
     ),
+    Migration(
+        "0006_reports",
+        (
+            # Reports read ledger entries by store and time (a brand is its stores); the covering
+            # columns answer them from the index alone.
+            "CREATE INDEX ledger_entries_store_at ON ledger_entries (store_id, at, kind, points, customer_id)",
+            "CREATE INDEX customers_brand_created ON customers (brand_id, created_at)",
+            "CREATE INDEX conflicts_store_at ON conflicts (store_id, at)",
+            "DROP INDEX conflicts_store",
+            # Outstanding points per brand (store_id NULL) and per store, one set per UTC day,
+            # replaced by every run of the periodic job that day; value in minor units (NULL when
+            # the program gives points no value).
+            """CREATE TABLE liability_snapshots (
+                day TEXT NOT NULL,
+                brand_id TEXT NOT NULL REFERENCES brands(brand_id),
+                store_id TEXT,
+                points INTEGER NOT NULL,
+                value INTEGER,
+                taken_at INTEGER NOT NULL
+            )""",
+            "CREATE INDEX liability_snapshots_brand_day ON liability_snapshots (brand_id, day)",
+            # How far each store's batch chain has been checked by the integrity audit.
+            """CREATE TABLE chain_audits (
+                store_id TEXT PRIMARY KEY REFERENCES stores(store_id),
+                seq INTEGER NOT NULL,
+                hash BLOB NOT NULL,
+                checked_at INTEGER NOT NULL
+            )""",
+        ),
+    ),
 )

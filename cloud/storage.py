@@ -23,6 +23,7 @@ from .model import (
     BalanceMismatch,
     BatchCommit,
     BrandRecord,
+    ChainCheckpoint,
     ChainHead,
     Claim,
     ConflictRecord,
@@ -30,11 +31,13 @@ from .model import (
     InboxBatch,
     KeyRecord,
     LedgerState,
+    LiabilityRow,
     OperatorRecord,
     Received,
     StoreRecord,
     StoreSync,
 )
+from .sql import Row
 
 
 class LedgerTx(Protocol):
@@ -102,6 +105,26 @@ class Storage(Protocol):
     async def audit_balances(self) -> list[BalanceMismatch]: ...
 
     async def applied_migrations(self) -> list[tuple[str, int]]: ...
+
+    # ---- the periodic job (ledger_periodic)
+    async def chain_checkpoints(self) -> list[ChainCheckpoint]: ...
+
+    async def chain_page(self, store_id: str, after_seq: int, limit: int) -> list[tuple[int, bytes, bytes]]: ...
+
+    async def save_chain_checkpoint(self, store_id: str, seq: int, hash_: bytes, now: int) -> None: ...
+
+    async def take_liability_snapshot(self, day: str, now: int) -> list[LiabilityRow]: ...
+
+    async def liability_snapshots(self, brand_id: str, first_day: str, last_day: str) -> list[LiabilityRow]: ...
+
+    # ---- reports (ledger_reports): aggregates over [start, end) in milliseconds, one brand
+    async def report_enrollment(self, brand_id: str, start: int, end: int) -> list[Row]: ...
+
+    async def report_activity(self, brand_id: str, start: int, end: int, period: str) -> list[Row]: ...
+
+    async def report_points(self, brand_id: str, start: int, end: int, period: str) -> list[Row]: ...
+
+    async def report_conflicts(self, brand_id: str, start: int, end: int) -> list[Row]: ...
 
     # ---- administration (each one transaction; raises ConfigError subclasses)
     async def add_brand(self, brand_id: str, name: str, now: int) -> BrandRecord: ...

@@ -69,6 +69,8 @@ class Worker:
     async def apply_next(self) -> Applied | None:
         """Apply the next claimable batch in one transaction; None if there is none."""
         started = time.perf_counter()
+        if not await self.storage.inbox_depth():
+            return None  # a read: an idle worker never takes SQLite's write lock
         async with self.storage.batch_tx() as tx:
             claim = await tx.claim_next()
             if claim is None:

@@ -300,9 +300,14 @@ class Backend:
         if self.dsn is not None:
             await _pg(self.dsn, sql)
             return
-        with sqlite3.connect(db_path) as conn:
-            conn.execute(sql)
-        conn.close()
+
+        def write() -> None:
+            with sqlite3.connect(db_path) as conn:
+                conn.execute(sql)
+            conn.close()
+
+        # On a thread: the cloud in this process may hold the write lock and needs the loop to let go.
+        await asyncio.to_thread(write)
 
     async def snapshot(self, db_path: Path) -> dict[str, list[tuple[Any, ...]]]:
         """Every row of every ledger table (ids and blobs compare equal across reads)."""

@@ -242,3 +242,85 @@ def test_dsn_flag_selects_postgres_and_bad_dsns_are_refused(tmp_path: Path, ledg
     assert proc.stderr.startswith("loyalty-cloud: database error: cannot open postgresql://postgres@127.0.0.1:1/")
     monkeypatch.delenv("LOYALTY_CLOUD_DSN")
     assert "not initialised" in cli("brand", "list", "--data", data, expect=2).stderr
+
+
+def post_batch(url: str, data: bytes) -> tuple[int, bytes]:
+    request = urllib.request.Request(f"{url}/v1/batches", data=data, method="POST",
+                                     headers={"Content-Type": "application/x-msgpack"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, error.read()
+
+
+def test_separate_reconciler_processes_apply_what_serve_received(cloud_data: Path, ledger: k.Backend) -> None:
+    """serve --workers 0 only receives (202); `reconcile --workers 2 --drain` applies; the resend gets the ack."""
+    cli("brand", "add", "acme", "--name", "Acme", "--data", cloud_data)
+    signers = [k.StoreSigner(f"store-{n}") for n in range(3)]
+    for signer in signers:
+        cli("store", "add", signer.store_id, "--brand", "acme", "--public-key", signer.public_raw.hex(),
+            "--data", cloud_data)
+    public_hex = cli("public-key", "--data", cloud_data).stdout.split()[1]
+    proc = subprocess.Popen([CLI, "serve", "--data", str(cloud_data), "--port", "0", "--workers", "0",
+                             "--ack-wait", "0.05"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    watchdog = threading.Timer(90, proc.kill)
+    watchdog.start()
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().split()[-1]
+        cid = k.any_uuid()
+        sent = [signers[0].batch([k.enroll(cid), k.earn(cid, "s0", 10)])]
+        sent += [s.batch([k.earn(cid, f"s-{s.store_id}", 5)]) for s in signers[1:]]
+        for data, _ in sent:
+            status, body = post_batch(url, data)
+            assert status == 202 and json.loads(body)["error"]["code"] == "accepted"
+        assert k.run_sync(ledger.balances(cloud_data / "cloud.sqlite3")) == {}
+        out = cli("reconcile", "--workers", "2", "--drain", "--data", cloud_data)
+        assert "drained by 2 workers" in out.stdout
+        # stores 1 and 2 may have been applied before store 0 created the customer: then refused
+        acks = []
+        for data, batch_hash in sent:
+            status, body = post_batch(url, data)
+            assert status == 200
+            ack = open_ack(body, load_public_key(bytes.fromhex(public_hex)))
+            assert ack.batch_hash == batch_hash
+            acks.append(ack)
+        applied = sum(1 for ack in acks[1:] if ack.results[0].code is None)
+        assert k.run_sync(ledger.balances(cloud_data / "cloud.sqlite3")) == {cid: 10 + 5 * applied}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    assert cli("reconcile", "--drain", "--data", cloud_data).stdout.strip() == "drained: 0 batches applied"
+
+
+def test_the_periodic_job_and_reports_from_the_command_line(cloud_data: Path, ledger: k.Backend) -> None:
+    cli("brand", "add", "acme", "--name", "Acme", "--data", cloud_data)
+    cli("program", "set", "acme", "--name", "Acme", "--points-per-unit", "1", "--unit-amount", "100",
+        "--data", cloud_data)
+    ok = cli("reconcile", "--periodic", "--data", cloud_data)
+    steps = [json.loads(line) for line in ok.stdout.splitlines()]
+    assert [s["step"] for s in steps] == ["expire_points", "merge_duplicates", "audit_balances", "audit_chains",
+                                          "liability_snapshot", "silent_stores"]
+    assert all(s["ok"] for s in steps)
+    out = cli("report", "liability", "--brand", "acme", "--format", "csv", "--data", cloud_data).stdout
+    assert out.splitlines()[0] == "day,store_id,points,value,taken_at" and len(out.splitlines()) == 2
+    body = json.loads(cli("report", "points", "--brand", "acme", "--period", "week", "--data", cloud_data).stdout)
+    assert (body["report"], body["period"], body["rows"]) == ("points", "week", [])
+    assert "(to)" in cli("report", "points", "--brand", "acme", "--to", "May 1st", "--data", cloud_data,
+                         expect=2).stderr
+    assert "nobody" in cli("report", "points", "--brand", "nobody", "--data", cloud_data, expect=2).stderr
+    # a tampered balance fails the job (exit 1), and says which step
+    cid = k.any_uuid()
+    k.run_sync(ledger.execute(cloud_data / "cloud.sqlite3",
+                              "INSERT INTO customers VALUES ('" + cid + "', 'acme', 'X', NULL, NULL, NULL, '{}', 5, 1,"
+                              " 'nowhere', 1, 1)"))
+    failed = cli("reconcile", "--periodic", "--data", cloud_data, expect=1)
+    assert "audit_balances" in failed.stderr

@@ -1,0 +1,66 @@
+"""The ``Storage`` methods behind the reports, written once against ``sql.Session``
+(``ledger.SqlLedger`` includes them). Each is one aggregate over a time range
+[start, end) of milliseconds, scoped to a brand through its stores, and read
+in one snapshot; ``reports`` shapes the rows.
+
+Indexes (migration 0006): ``ledger_entries (store_id, at)`` covering kind,
+points and customer_id, ``customers (brand_id, created_at)``,
+``conflicts (store_id, at)``; a brand's range is one index range per store.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+
+from .sql import Row, Session
+
+#: Rows of the brand's stores: ledger entries and conflicts carry the store, not the brand.
+_OF_BRAND = "store_id IN (SELECT store_id FROM stores WHERE brand_id = $1) AND at >= $2 AND at < $3"
+
+
+class ReportLedger:
+    def _read(self) -> AbstractAsyncContextManager[Session]:
+        raise NotImplementedError
+
+    async def report_enrollment(self, brand_id: str, start: int, end: int) -> list[Row]:
+        """(store_id, consent source, customers) of the customers enrolled in the range."""
+        async with self._read() as q:
+            source = q.dialect.json_text("consent", "source")
+            return await q.fetch(
+                f"SELECT enrolled_store, {source}, COUNT(*) FROM customers"
+                " WHERE brand_id = $1 AND created_at >= $2 AND created_at < $3"
+                f" GROUP BY enrolled_store, {source} ORDER BY enrolled_store, {source}",
+                brand_id, start, end,
+            )
+
+    async def report_activity(self, brand_id: str, start: int, end: int, period: str) -> list[Row]:
+        """(period start, customers who earned or redeemed, earns) per period."""
+        async with self._read() as q:
+            bucket = q.dialect.period_start("at", period)
+            return await q.fetch(
+                f"SELECT {bucket}, COUNT(DISTINCT customer_id), SUM(CASE WHEN kind = 'earn' THEN 1 ELSE 0 END)"
+                f" FROM ledger_entries WHERE {_OF_BRAND} AND kind IN ('earn', 'redeem')"
+                f" GROUP BY {bucket} ORDER BY {bucket}",
+                brand_id, start, end,
+            )
+
+    async def report_points(self, brand_id: str, start: int, end: int, period: str) -> list[Row]:
+        """(period start, entry kind, points, entries) per period and kind."""
+        async with self._read() as q:
+            bucket = q.dialect.period_start("at", period)
+            return await q.fetch(
+                f"SELECT {bucket}, kind, CAST(SUM(points) AS BIGINT), COUNT(*) FROM ledger_entries"
+                f" WHERE {_OF_BRAND} GROUP BY {bucket}, kind ORDER BY {bucket}, kind",
+                brand_id, start, end,
+            )
+
+    async def report_conflicts(self, brand_id: str, start: int, end: int) -> list[Row]:
+        """(store_id, conflicts, points requested, points lost) per store: a refused offline debit
+        lost the merchant what it asked for over what the customer had (nothing below zero)."""
+        async with self._read() as q:
+            return await q.fetch(
+                "SELECT store_id, COUNT(*), CAST(SUM(points_requested) AS BIGINT), CAST(SUM(CASE"
+                " WHEN balance_available > 0 THEN points_requested - balance_available ELSE points_requested END)"
+                f" AS BIGINT) FROM conflicts WHERE {_OF_BRAND} GROUP BY store_id ORDER BY store_id",
+                brand_id, start, end,
+            )

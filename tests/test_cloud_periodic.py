@@ -1,0 +1,148 @@
+"""The periodic job on each backend: the integrity audit (balances and batch
+chains, from a checkpoint), the liability snapshot, silent stores and the
+hooks for expiry and merges; every step safe to run twice."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloud.periodic import StepResult, run_periodic, utc_day
+from cloud.sqlite_storage import SQLiteStorage
+
+from . import cloudkit as k
+
+HOUR = 3_600_000
+POINT_VALUE = json.dumps({"point_value": {"amount": 5, "points": 2}})  # 2.5 minor units a point
+
+
+@pytest.fixture
+async def cloud(tmp_path: Path, backend: k.Backend) -> AsyncIterator[k.Cloud]:
+    async with k.running_cloud(tmp_path, backend) as cloud:
+        yield cloud
+
+
+def by_step(results: list[StepResult]) -> dict[str, StepResult]:
+    return {r.step: r for r in results}
+
+
+async def fill(cloud: k.Cloud) -> tuple[str, str]:
+    """Two customers of acme, points moved by stores a and b; one of zeta."""
+    c1, c2, cz = k.any_uuid(), k.any_uuid(), k.any_uuid()
+    await cloud.send(cloud.stores["store-a"], [k.enroll(c1), k.earn(c1, "s1", 100), k.enroll(c2), k.adjust(c2, 7)])
+    await cloud.send(cloud.stores["store-b"], [k.redeem(c1, "s2", 30), k.earn(c2, "s3", 20)])
+    await cloud.send(cloud.stores["store-a"], [k.redeem(c2, "s4", 5)])
+    await cloud.send(cloud.stores["store-z"], [k.enroll(cz), k.earn(cz, "z1", 40)])
+    return c1, c2
+
+
+async def test_a_sound_ledger_passes_and_the_snapshot_counts_brands_and_stores(cloud: k.Cloud) -> None:
+    await cloud.storage.set_program(k.BRAND, "Valued", 1, 100, k.now_ms(), POINT_VALUE)
+    await fill(cloud)
+    now = k.now_ms()
+    first = by_step(await run_periodic(cloud.storage, now))
+    assert all(r.ok for r in first.values()), first
+    assert first["audit_chains"].detail == {"batches_checked": 4, "problems": []}
+    assert first["expire_points"].detail["skipped"].startswith("points expiry is not in this version")
+    snapshot = first["liability_snapshot"].detail
+    assert snapshot["day"] == utc_day(now)
+    # acme: 100 - 30 + 7 + 20 - 5 = 92 points, 92 * 5 // 2 = 230; zeta's program gives points no value
+    assert snapshot["brands"] == [{"brand_id": "acme", "points": 92, "value": 230},
+                                  {"brand_id": "zeta", "points": 40, "value": None}]
+    rows = await cloud.storage.liability_snapshots(k.BRAND, utc_day(now), utc_day(now))
+    # per store: what its ops moved (a: +100 +7 -5, b: -30 +20); the stores add up to the brand
+    assert [(r.store_id, r.points, r.value) for r in rows] == [(None, 92, 230), ("store-a", 102, 255),
+                                                              ("store-b", -10, -25)]
+
+    # run again: same verdicts, the day's snapshot replaced (not doubled), no batch re-read
+    before = await cloud.snapshot()
+    again = by_step(await run_periodic(cloud.storage, now + 1000))
+    assert all(r.ok for r in again.values())
+    assert again["audit_chains"].detail["batches_checked"] == 0
+    after = await cloud.snapshot()
+    assert {t: rows for t, rows in after.items() if t not in ("liability_snapshots", "chain_audits")} == {
+        t: rows for t, rows in before.items() if t not in ("liability_snapshots", "chain_audits")}
+    rows = await cloud.storage.liability_snapshots(k.BRAND, utc_day(now), utc_day(now))
+    assert [(r.store_id, r.points) for r in rows] == [(None, 92), ("store-a", 102), ("store-b", -10)]
+    assert {r.taken_at for r in rows} == {now + 1000}
+
+
+async def test_the_chain_audit_finds_a_changed_body_a_broken_link_and_a_gap(cloud: k.Cloud) -> None:
+    await fill(cloud)
+    a = cloud.stores["store-a"]
+    await cloud.send(a, [k.enroll()])
+    now = k.now_ms()
+    assert by_step(await run_periodic(cloud.storage, now))["audit_chains"].ok
+    # checked batches are not read again; a change to one is found by a full audit
+    await cloud.execute("UPDATE batches SET hash = (SELECT hash FROM batches WHERE store_id = 'store-a' AND seq = 1)"
+                        " WHERE store_id = 'store-a' AND seq = 2")
+    incremental = by_step(await run_periodic(cloud.storage, now))["audit_chains"]
+    assert incremental.ok and incremental.detail["batches_checked"] == 0
+    full = by_step(await run_periodic(cloud.storage, now, full_audit=True))["audit_chains"]
+    assert not full.ok and full.detail["problems"] == [{"store_id": "store-a", "seq": 2, "problem": "hash_mismatch"}]
+
+    # a batch whose stored hash matches its body but not the next batch's prev_hash
+    await cloud.send(cloud.stores["store-b"], [k.enroll()])
+    await cloud.execute("UPDATE batches SET body = (SELECT body FROM batches WHERE store_id = 'store-b' AND seq = 1),"
+                        " hash = (SELECT hash FROM batches WHERE store_id = 'store-b' AND seq = 1)"
+                        " WHERE store_id = 'store-b' AND seq = 2")
+    await cloud.send(cloud.stores["store-z"], [k.enroll()])
+    await cloud.execute("DELETE FROM batches WHERE store_id = 'store-z' AND seq = 2")
+    results = by_step(await run_periodic(cloud.storage, now))
+    assert not results["audit_chains"].ok
+    assert results["audit_chains"].detail["problems"] == [
+        {"store_id": "store-b", "seq": 2, "problem": "chain_broken"},
+        {"store_id": "store-z", "seq": 2, "problem": "head_mismatch"},
+    ]
+    # the other steps still ran
+    assert results["liability_snapshot"].ok and results["silent_stores"].ok
+
+
+async def test_a_balance_that_is_not_its_entries_fails_the_audit(cloud: k.Cloud) -> None:
+    c1, _ = await fill(cloud)
+    await cloud.execute(f"UPDATE customers SET balance = balance + 1 WHERE customer_id = '{c1}'")
+    results = by_step(await run_periodic(cloud.storage, k.now_ms()))
+    assert not results["audit_balances"].ok
+    assert results["audit_balances"].detail["mismatches"] == [{"customer_id": c1, "balance": 71, "entries_total": 70}]
+
+
+async def test_stores_not_heard_from_are_logged_and_listed(cloud: k.Cloud, caplog: pytest.LogCaptureFixture) -> None:
+    now = k.now_ms()
+    await cloud.send(cloud.stores["store-a"], [k.enroll()])
+    await cloud.pull(cloud.stores["store-b"])
+    assert by_step(await run_periodic(cloud.storage, now + 23 * HOUR))["silent_stores"].detail["silent"] == []
+    silent = by_step(await run_periodic(cloud.storage, now + 25 * HOUR))["silent_stores"].detail["silent"]
+    # store-z never spoke: silent since it was registered
+    assert [s["store_id"] for s in silent] == ["store-a", "store-b", "store-z"]
+    assert all(24 < s["hours"] < 26 for s in silent)
+    assert silent[2]["last_heard_at"] is None and silent[0]["last_heard_at"] >= now
+    assert "store store-z (zeta) not heard from in 25" in caplog.text
+    quieter = by_step(await run_periodic(cloud.storage, now + 25 * HOUR, silent_hours=48))
+    assert quieter["silent_stores"].detail["silent"] == []
+
+
+class ExpiringStorage(SQLiteStorage):
+    """A ledger that has the expiry step the expiry work will add (records its calls here)."""
+
+    calls: list[int]
+
+    async def run_expiry(self, now: int) -> dict[str, Any]:
+        self.calls.append(now)
+        return {"expired_points": 0}
+
+
+async def test_the_expiry_hook_runs_when_the_storage_has_it(tmp_path: Path) -> None:
+    storage = ExpiringStorage(tmp_path / "ledger.sqlite3")
+    storage.calls = []
+    await storage.open(k.now_ms())
+    try:
+        results = by_step(await run_periodic(storage, 1_700_000_000_000))
+    finally:
+        await storage.close()
+    assert storage.calls == [1_700_000_000_000]
+    assert results["expire_points"] == StepResult("expire_points", True, {"result": {"expired_points": 0}})
+    assert "skipped" in results["merge_duplicates"].detail
