@@ -77,7 +77,8 @@ def make_app(
             handoff.applied(done.store_id, done.seq, done.ack)
             metrics.applied(done)
 
-        embedded = [Worker(app[STORAGE], app[CLOUD_KEY], app[CLOCK], on_applied=applied) for _ in range(workers)]
+        embedded = [Worker(app[STORAGE], app[CLOUD_KEY], app[CLOCK], on_applied=applied, decoded=handoff.decoded)
+                    for _ in range(workers)]
         tasks = [asyncio.create_task(w.run(handoff.work), name=f"reconciler-{i}") for i, w in enumerate(embedded)]
         try:
             yield

@@ -5,7 +5,8 @@ reconciler (``work``) and waits, for a bounded time, for the batch's ack.
 Whoever applies it answers the waiters: the embedded worker tells the
 handoff at once (``applied``); a worker in another process is noticed by
 polling the ledger, one query for every waiting batch, only while some
-request waits.
+request waits. The embedded worker also takes the batch as the POST decoded
+it (``decoded``), instead of decoding the stored bytes a second time.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import OrderedDict
+
+from protocol import Batch
 
 from .errors import StoreError
 from .storage import Storage
@@ -21,6 +25,8 @@ log = logging.getLogger(__name__)
 
 #: How often waiting requests look for acks that another process's worker wrote.
 POLL_INTERVAL = 0.025
+#: Decoded batches kept for the embedded worker (older ones are decoded again from the inbox).
+KEEP_DECODED = 16
 
 Key = tuple[str, int]  # (store_id, seq)
 
@@ -33,9 +39,18 @@ class Handoff:
         self._acks: dict[Key, asyncio.Future[bytes]] = {}
         self._waiting: dict[Key, int] = {}
         self._poller: asyncio.Task[None] | None = None
+        self._decoded: OrderedDict[tuple[str, int, bytes], Batch] = OrderedDict()
 
-    def queued(self) -> None:
+    def queued(self, batch: Batch, digest: bytes) -> None:
+        """A verified batch is in the inbox: keep it decoded and wake the embedded worker."""
+        self._decoded[batch.store_id, batch.seq, digest] = batch
+        while len(self._decoded) > KEEP_DECODED:
+            self._decoded.popitem(last=False)
         self.work.set()
+
+    def decoded(self, store_id: str, seq: int, digest: bytes) -> Batch | None:
+        """The batch as received by this process, if it still has it (once)."""
+        return self._decoded.pop((store_id, seq, digest), None)
 
     def applied(self, store_id: str, seq: int, ack: bytes) -> None:
         """A batch's ack is committed: answer whoever waits for it."""

@@ -19,6 +19,7 @@ from .ledger_reports import ReportLedger
 from .model import (
     BalanceMismatch,
     BrandRecord,
+    Claim,
     ConflictRecord,
     CustomerState,
     DownlinkPage,
@@ -29,6 +30,7 @@ from .model import (
     Received,
     StoreRecord,
     StoreSync,
+    claim_from_row,
     key_from_row,
     program_from_row,
     stores_from_rows,
@@ -205,6 +207,12 @@ class SqlLedger(PeriodicLedger, ReportLedger):
                     if row is not None:
                         found[store_id, seq] = bytes(row[0])
         return found
+
+    async def peek_inbox(self) -> Claim | None:
+        """The batch ``claim_next`` would take now, read without taking it (nor any lock)."""
+        async with self._read() as q:
+            row = one(await q.fetch(CLAIM_SELECT))
+        return None if row is None else claim_from_row(row)
 
     async def inbox_depth(self) -> int:
         async with self._read() as q:

@@ -214,7 +214,7 @@ class LedgerState:
     """Everything a batch's ops can read, loaded in a few set-based queries."""
 
     program_version: int | None
-    counter: int
+    counter: int  # versions are handed out from here; the storage loads 0 (see ``versioned``)
     customers: Mapping[str, CustomerState]  # by customer_id, any brand
     sales: Mapping[str, SaleState]  # by sale_id, this store only
     ops: Mapping[str, OpRecord]  # by op_id, ops already applied or refused
@@ -232,6 +232,24 @@ class BatchOutcome:
     entries: tuple[LedgerEntry, ...]
     conflicts: tuple[ConflictRecord, ...]
     counter: int
+
+
+def versioned(outcome: BatchOutcome, base: int) -> BatchOutcome:
+    """The outcome of a batch decided from counter 0, with the versions it handed out (1..n)
+    moved past ``base``, the brand's counter. Deciding first and taking the counter last keeps
+    the counter's lock (and with it the brand's batches in a row) as short as it can be."""
+    if base == 0:
+        return outcome
+    changed = {c.customer_id for c in outcome.customers}
+    return dataclasses.replace(
+        outcome,
+        customers=tuple(dataclasses.replace(c, version=c.version + base) for c in outcome.customers),
+        balances=tuple(
+            dataclasses.replace(b, version=b.version + base) if b.customer_id in changed else b
+            for b in outcome.balances
+        ),
+        counter=outcome.counter + base,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -268,7 +268,8 @@ def _insert(table: str, cols: Columns, suffix: str = "") -> str:
     return f"INSERT INTO {table} ({names(cols)}) SELECT * FROM unnest({arrays}){suffix}"
 
 
-INSERT_OPS = _insert("ops", OP)
+# ops, ledger_entries and conflicts are appended with COPY (pg_storage._copy), in batch order:
+# the identity ids follow it, which list_conflicts relies on.
 # New customers are a plain INSERT: a customer another store's batch created after this batch
 # loaded its state is a unique violation (the batch fails and is retried), never overwritten.
 INSERT_CUSTOMERS = _insert("customers", CUSTOMER)
@@ -284,15 +285,4 @@ UPSERT_SALES = _insert(
     SALE,
     " ON CONFLICT (store_id, sale_id) DO UPDATE SET earned = excluded.earned,"
     " redeemed = excluded.redeemed, voided_by = excluded.voided_by, voided_at = excluded.voided_at",
-)
-# ORDER BY ordinality keeps the identity ids in batch order, which list_conflicts relies on.
-INSERT_ENTRIES = (
-    f"INSERT INTO ledger_entries ({names(ENTRY)}) SELECT {names(ENTRY)} FROM unnest("
-    + ", ".join(f"${i}::{t}[]" for i, (_, t) in enumerate(ENTRY, 1))
-    + f") WITH ORDINALITY AS u({names(ENTRY)}, n) ORDER BY n"
-)
-INSERT_CONFLICTS = (
-    f"INSERT INTO conflicts ({names(CONFLICT)}) SELECT {names(CONFLICT)} FROM unnest("
-    + ", ".join(f"${i}::{t}[]" for i, (_, t) in enumerate(CONFLICT, 1))
-    + f") WITH ORDINALITY AS u({names(CONFLICT)}, n) ORDER BY n"
 )

@@ -14,10 +14,13 @@ transactions can wait for each other but never deadlock:
    (``ORDER BY customer_id FOR UPDATE``): the balance a debit is checked
    against is the latest committed one and cannot change until this
    transaction commits, so two workers can never spend the same points;
-3. the ``brand_counters`` row of the store's brand (``FOR UPDATE``): the
-   versions a batch hands out are committed in counter order, so a pull whose
-   cursor moves to the brand's counter can never skip a version committed
-   later. Brands never wait for each other's counters.
+3. the ``brand_counters`` row of the store's brand, last (``take_versions``:
+   an UPDATE, after the batch is decided and its ops, sales, entries and
+   conflicts are written), held to commit: the versions a batch hands out are
+   committed in counter order, so a pull whose cursor moves to the brand's
+   counter can never skip a version committed later. Brands never wait for
+   each other's counters, and a brand's batches wait for each other only for
+   the customers' update and the commit.
 
 Receiving a batch is a transaction of its own that locks the store's
 ``store_sync`` row only (the head of the chain as received).
@@ -29,9 +32,10 @@ tries it again and it then gets ``customer_exists``) instead of overwriting
 that customer.
 
 Everything a batch reads is loaded with ``= ANY($1::text[])`` (one parameter
-however many ids) and every table is written with one
-``INSERT ... SELECT FROM unnest($1::t[], ...)`` statement: a constant number
-of round trips per batch, never one statement per op. asyncpg and socket
+however many ids); ops, ledger entries and conflicts are appended with one
+binary COPY each, sales and customers written with one
+``INSERT ... SELECT FROM unnest($1::t[], ...)`` (or UPDATE) each: a constant
+number of round trips per batch, never one statement per op. asyncpg and socket
 errors become ``StoreError`` (``raise ... from``) at this boundary.
 """
 
@@ -50,6 +54,7 @@ from .ledger import CLAIM_SELECT, SqlLedger
 from .migrations import pending
 from .model import (
     BatchCommit,
+    BatchOutcome,
     ChainHead,
     Claim,
     CustomerState,
@@ -60,11 +65,10 @@ from .model import (
     claim_from_row,
 )
 from .pg_schema import (
+    CONFLICT,
     CUSTOMER,
-    INSERT_CONFLICTS,
+    ENTRY,
     INSERT_CUSTOMERS,
-    INSERT_ENTRIES,
-    INSERT_OPS,
     MIGRATION_LOCK,
     MIGRATIONS,
     MIGRATIONS_TABLE,
@@ -72,6 +76,7 @@ from .pg_schema import (
     SALE,
     UPDATE_CUSTOMERS,
     UPSERT_SALES,
+    Columns,
     names,
 )
 from .sql import POSTGRES, Row, Session
@@ -112,6 +117,16 @@ async def _many(conn: asyncpg.Connection, sql: str, records: Sequence[Any]) -> l
     columns = [list(col) for col in zip(*(astuple(r) for r in records), strict=True)]
     return await _fetch(conn, sql, *columns)
 
+
+
+async def _copy(conn: asyncpg.Connection, table: str, cols: Columns, records: Sequence[Any]) -> None:
+    """Append ``records`` (dataclasses in column order) to ``table`` with one binary COPY, in order."""
+    if not records:
+        return
+    try:
+        await conn.copy_records_to_table(table, records=[astuple(r) for r in records], columns=[c for c, _ in cols])
+    except _DB_ERRORS as exc:
+        raise _error(exc) from exc
 
 
 class _PgSession:
@@ -172,7 +187,6 @@ class _PgTx:
             sorted(set(customer_ids)),
         )
         self._locked = {r[0] for r in customers}
-        counter = await _fetch(conn, "SELECT value FROM brand_counters WHERE brand_id = $1 FOR UPDATE", brand_id)
         program = await _fetch(conn, "SELECT MAX(version) FROM programs WHERE brand_id = $1", brand_id)
         sales = await _fetch(
             conn,
@@ -185,24 +199,37 @@ class _PgTx:
         )
         return LedgerState(
             program_version=program[0][0],
-            counter=counter[0][0],
+            counter=0,  # versions are handed out relative to 0, then moved past the brand's counter
             customers={r[0]: CustomerState(*r) for r in customers},
             sales={r[1]: SaleState(*r) for r in sales},
             ops={r[0]: OpRecord(r[0], bytes(r[1]), *r[2:]) for r in ops},
         )
 
+    async def save_rows(self, outcome: BatchOutcome) -> None:
+        conn = self._conn
+        await _copy(conn, "ops", OP, outcome.ops)
+        await _many(conn, UPSERT_SALES, outcome.sales)
+        await _copy(conn, "ledger_entries", ENTRY, outcome.entries)
+        await _copy(conn, "conflicts", CONFLICT, outcome.conflicts)
+
+    async def take_versions(self, brand_id: str, count: int) -> int:
+        rows = await _fetch(
+            self._conn,
+            "UPDATE brand_counters SET value = value + $1 WHERE brand_id = $2 RETURNING value - $1",
+            count, brand_id,
+        )
+        if not rows:
+            raise StoreError(f"brand {brand_id} has no change counter")
+        return int(rows[0][0])
+
     async def save_batch(self, commit: BatchCommit) -> None:
         conn, out = self._conn, commit.outcome
-        await _many(conn, INSERT_OPS, out.ops)
         await _many(conn, INSERT_CUSTOMERS, [c for c in out.customers if c.customer_id not in self._locked])
         changed = [c for c in out.customers if c.customer_id in self._locked]
         if changed:
             updated = await _many(conn, UPDATE_CUSTOMERS, changed)
             if len(updated) != len(changed):  # impossible while the rows are locked
                 raise StoreError(f"{len(changed) - len(updated)} locked customers vanished during the batch")
-        await _many(conn, UPSERT_SALES, out.sales)
-        await _many(conn, INSERT_ENTRIES, out.entries)
-        await _many(conn, INSERT_CONFLICTS, out.conflicts)
         await _fetch(
             conn,
             "INSERT INTO batches (store_id, seq, hash, body, ack, at, received_at)"
@@ -217,10 +244,6 @@ class _PgTx:
         )
         if len(moved) != 1:  # impossible under the store row lock; never write past a moved head
             raise StoreError(f"store {commit.store_id} head moved during batch {commit.seq}")
-        await _fetch(
-            conn, "UPDATE brand_counters SET value = $1 WHERE brand_id = $2 AND value <= $1", out.counter,
-            commit.brand_id,
-        )
         await _fetch(conn, "DELETE FROM inbox WHERE store_id = $1 AND seq = $2", commit.store_id, commit.seq)
 
 
@@ -231,6 +254,8 @@ class PgStorage(SqlLedger):
     unknown DSN parameters as server settings). ``on_query`` sees the text of
     every statement sent, for diagnostics and tests.
     """
+
+    single_writer = False
 
     def __init__(
         self,

@@ -126,8 +126,9 @@ class SyncService:
         return await self._receive(batch, verified.body)
 
     async def _receive(self, batch: Batch, body: bytes) -> bytes:
+        digest = body_hash(body)
         received = await self.storage.receive_batch(
-            InboxBatch(batch.store_id, batch.seq, body_hash(body), batch.prev_hash, body, batch.at, self.clock())
+            InboxBatch(batch.store_id, batch.seq, digest, batch.prev_hash, body, batch.at, self.clock())
         )
         match received.receipt:
             case Receipt.APPLIED:
@@ -154,7 +155,7 @@ class SyncService:
                 raise HttpError(
                     409, "chain_broken", f"prev_hash does not match batch {batch.seq - 1}", field="prev_hash"
                 )
-        self.handoff.queued()
+        self.handoff.queued(batch, digest)
         ack = await self.handoff.wait_for_ack(batch.store_id, batch.seq, self.ack_wait)
         if ack is None:
             self.answered(batch.store_id, "pending")

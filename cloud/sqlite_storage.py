@@ -27,6 +27,7 @@ from .ledger import CLAIM_SELECT, CONFLICT_COLUMNS, CUSTOMER_COLUMNS, SqlLedger
 from .migrations import pending
 from .model import (
     BatchCommit,
+    BatchOutcome,
     ChainHead,
     Claim,
     CustomerState,
@@ -121,12 +122,7 @@ class _SQLiteTx:
         sale_ids: Sequence[str],
     ) -> LedgerState:
         conn = self._conn
-        head = await _q(
-            conn,
-            "SELECT (SELECT value FROM brand_counters WHERE brand_id = ?1),"
-            " (SELECT MAX(version) FROM programs WHERE brand_id = ?1)",
-            (brand_id,),
-        )
+        head = await _q(conn, "SELECT MAX(version) FROM programs WHERE brand_id = ?", (brand_id,))
         customers = await _q(
             conn,
             f"SELECT {CUSTOMER_COLUMNS} FROM customers WHERE customer_id IN (SELECT value FROM json_each(?))",
@@ -144,25 +140,17 @@ class _SQLiteTx:
             (_ids(op_ids),),
         )
         return LedgerState(
-            program_version=head[0][1],
-            counter=head[0][0],
+            program_version=head[0][0],
+            counter=0,  # versions are handed out relative to 0, then moved past the brand's counter
             customers={r[0]: CustomerState(*r) for r in customers},
             sales={r[1]: SaleState(*r) for r in sales},
             ops={r[0]: OpRecord(r[0], bytes(r[1]), *r[2:]) for r in ops},
         )
 
-    async def save_batch(self, commit: BatchCommit) -> None:
-        conn, out = self._conn, commit.outcome
+    async def save_rows(self, outcome: BatchOutcome) -> None:
+        conn, out = self._conn, outcome
         await _many(
             conn, f"INSERT INTO ops ({_OP_COLS}) VALUES ({_marks(_OP_COLS)})", (astuple(r) for r in out.ops)
-        )
-        await _many(
-            conn,
-            f"INSERT INTO customers ({CUSTOMER_COLUMNS}) VALUES ({_marks(CUSTOMER_COLUMNS)})"
-            " ON CONFLICT (customer_id) DO UPDATE SET name = excluded.name, phone = excluded.phone,"
-            " email = excluded.email, card_code = excluded.card_code, balance = excluded.balance,"
-            " version = excluded.version, updated_at = excluded.updated_at",
-            (astuple(c) for c in out.customers),
         )
         await _many(
             conn,
@@ -182,6 +170,27 @@ class _SQLiteTx:
             f"INSERT INTO conflicts ({CONFLICT_COLUMNS}) VALUES ({_marks(CONFLICT_COLUMNS)})",
             (astuple(c) for c in out.conflicts),
         )
+
+    async def take_versions(self, brand_id: str, count: int) -> int:
+        rows = await _q(
+            self._conn,
+            "UPDATE brand_counters SET value = value + ?1 WHERE brand_id = ?2 RETURNING value - ?1",
+            (count, brand_id),
+        )
+        if not rows:
+            raise StoreError(f"brand {brand_id} has no change counter")
+        return int(rows[0][0])
+
+    async def save_batch(self, commit: BatchCommit) -> None:
+        conn, out = self._conn, commit.outcome
+        await _many(
+            conn,
+            f"INSERT INTO customers ({CUSTOMER_COLUMNS}) VALUES ({_marks(CUSTOMER_COLUMNS)})"
+            " ON CONFLICT (customer_id) DO UPDATE SET name = excluded.name, phone = excluded.phone,"
+            " email = excluded.email, card_code = excluded.card_code, balance = excluded.balance,"
+            " version = excluded.version, updated_at = excluded.updated_at",
+            (astuple(c) for c in out.customers),
+        )
         await _q(
             conn,
             "INSERT INTO batches (store_id, seq, hash, body, ack, at, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -195,16 +204,13 @@ class _SQLiteTx:
         )
         if len(moved) != 1:  # impossible under the writer lock; never write past a moved head
             raise StoreError(f"store {commit.store_id} head moved during batch {commit.seq}")
-        await _q(
-            conn,
-            "UPDATE brand_counters SET value = ?1 WHERE brand_id = ?2 AND value <= ?1",
-            (out.counter, commit.brand_id),
-        )
         await _q(conn, "DELETE FROM inbox WHERE store_id = ? AND seq = ?", (commit.store_id, commit.seq))
 
 
 class SQLiteStorage(SqlLedger):
     """The SQLite ledger at ``path`` (created and migrated by ``open``)."""
+
+    single_writer = True
 
     def __init__(self, path: str | Path, *, busy_timeout_ms: int = 10_000) -> None:
         self.path = Path(path)

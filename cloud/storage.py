@@ -22,6 +22,7 @@ from protocol import Program
 from .model import (
     BalanceMismatch,
     BatchCommit,
+    BatchOutcome,
     BrandRecord,
     ChainCheckpoint,
     ChainHead,
@@ -62,10 +63,25 @@ class LedgerTx(Protocol):
         sale_ids: Sequence[str],
     ) -> LedgerState: ...
 
-    async def save_batch(self, commit: BatchCommit) -> None: ...
+    async def save_rows(self, outcome: BatchOutcome) -> None:
+        """The outcome's rows that carry no version: ops, sales, ledger entries, conflicts."""
+        ...
+
+    async def take_versions(self, brand_id: str, count: int) -> int:
+        """Lock the brand's change counter until the transaction ends and move it ``count``
+        on; the value it had (the batch's versions are that plus 1..count)."""
+        ...
+
+    async def save_batch(self, commit: BatchCommit) -> None:
+        """The customers (with their final versions), the batch and its ack, the store's
+        applied head; the batch leaves the inbox."""
+        ...
 
 
 class Storage(Protocol):
+    #: One writer at a time (SQLite): workers decode the next batch before they queue for it.
+    single_writer: bool
+
     async def open(self, now: int) -> None:
         """Connect and apply pending migrations (recorded as applied at ``now``)."""
 
@@ -84,6 +100,8 @@ class Storage(Protocol):
     async def applied_acks(self, wanted: list[tuple[str, int]]) -> dict[tuple[str, int], bytes]: ...
 
     async def inbox_depth(self) -> int: ...
+
+    async def peek_inbox(self) -> Claim | None: ...
 
     async def note_pull(self, store_id: str, now: int) -> None: ...
 

@@ -5,8 +5,11 @@ Each step is one transaction (``Storage.batch_tx``): claim the oldest inbox
 batch that is next in its store's chain, with the store's row locked (on
 PostgreSQL ``SKIP LOCKED`` passes over stores another worker holds, so any
 number of workers in any number of processes share the inbox without waiting
-for each other), decide its ops (``reconciler.reconcile``), seal the ack,
-write every row and drop the inbox row. That ack is what the edge receives,
+for each other), load what its ops read (the customers locked), decide its
+ops (``reconciler.reconcile``, versions counted from 0), write the rows that
+carry no version, then take the brand's change counter (locked to commit),
+move the versions past it, seal the ack, write the customers and the batch,
+and drop the inbox row. That ack is what the edge receives,
 now or when it resends the batch. On SQLite the single writer is the limit:
 workers take turns, whatever their number.
 
@@ -23,11 +26,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from protocol import Ack, MessageType, OpStatus, ProtocolError, decode_batch, encode_ack, seal
+from protocol import Ack, Batch, MessageType, OpStatus, ProtocolError, decode_batch, encode_ack, seal
 
 from .errors import StoreError
 from .keys import CloudKey
-from .model import BatchCommit, BatchOutcome
+from .model import BatchCommit, BatchOutcome, Claim, versioned
 from .reconciler import reconcile
 from .storage import Storage
 
@@ -58,11 +61,13 @@ class Worker:
         clock: Callable[[], int],
         *,
         on_applied: Callable[[Applied], None] | None = None,
+        decoded: Callable[[str, int, bytes], Batch | None] | None = None,
     ) -> None:
         self.storage = storage
         self.cloud_key = cloud_key
         self.clock = clock
         self.on_applied = on_applied
+        self.decoded = decoded  # batches this process decoded when it received them
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
 
@@ -71,15 +76,18 @@ class Worker:
         started = time.perf_counter()
         if not await self.storage.inbox_depth():
             return None  # a read: an idle worker never takes SQLite's write lock
+        ahead = None
+        if self.storage.single_writer:
+            # Decode while another worker holds the writer; kept if it is the batch this one gets.
+            peeked = await self.storage.peek_inbox()
+            if peeked is not None:
+                ahead = (_key(peeked), self._batch(peeked))
         async with self.storage.batch_tx() as tx:
             claim = await tx.claim_next()
             if claim is None:
                 return None
             head = claim.head
-            try:
-                batch = decode_batch(claim.body)
-            except ProtocolError as exc:  # it decoded when received: a bug or a tampered database
-                raise StoreError(f"inbox batch {claim.seq} of store {head.store_id} no longer decodes: {exc}") from exc
+            batch = ahead[1] if ahead is not None and ahead[0] == _key(claim) else self._batch(claim)
             if (batch.store_id, batch.seq, batch.prev_hash) != (head.store_id, claim.seq, head.last_hash):
                 raise StoreError(f"inbox batch {claim.seq} of store {head.store_id} does not follow its chain")
             ops = batch.ops
@@ -91,9 +99,13 @@ class Worker:
                 sale_ids=[sid for op in ops if isinstance(sid := getattr(op, "sale_id", None), str)],
             )
             now = self.clock()
-            outcome = reconcile(
+            decided = reconcile(
                 store_id=head.store_id, brand_id=head.brand_id, seq=claim.seq, ops=ops, state=state, now=now
             )
+            await tx.save_rows(decided)
+            # Last, and only if the batch changed someone: the brand's counter, locked to commit.
+            base = await tx.take_versions(head.brand_id, decided.counter) if decided.counter else 0
+            outcome = versioned(decided, base)
             ack = Ack(head.store_id, claim.seq, claim.hash, now, outcome.results, outcome.balances)
             sealed = seal(MessageType.ACK, encode_ack(ack), self.cloud_key.private, self.cloud_key.key_id)
             await tx.save_batch(
@@ -146,7 +158,22 @@ class Worker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), pause)
 
+    def _batch(self, claim: Claim) -> Batch:
+        known = None if self.decoded is None else self.decoded(*_key(claim))
+        return _decode(claim) if known is None else known
+
     def stop(self) -> None:
         """Finish the batch in hand, then return from ``run`` or ``drain``."""
         self._stop.set()
         self._wake.set()
+
+
+def _decode(claim: Claim) -> Batch:
+    try:
+        return decode_batch(claim.body)
+    except ProtocolError as exc:  # it decoded when received: a bug or a tampered database
+        raise StoreError(f"inbox batch {claim.seq} of store {claim.head.store_id} no longer decodes: {exc}") from exc
+
+
+def _key(claim: Claim) -> tuple[str, int, bytes]:
+    return claim.head.store_id, claim.seq, claim.hash

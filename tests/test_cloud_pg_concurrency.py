@@ -20,7 +20,7 @@ import pytest
 
 from cloud.handoff import Handoff
 from cloud.keys import CloudKey
-from cloud.model import BatchCommit
+from cloud.model import BatchCommit, versioned
 from cloud.pg_storage import PgStorage
 from cloud.reconciler import reconcile
 from cloud.service import SyncService
@@ -114,7 +114,7 @@ async def test_two_stores_spending_the_same_points_at_once_exactly_one_applies(l
         # Hold the brand's counter so that neither batch can finish before the other has started:
         # one reconciler then waits for the counter with the customer locked, the other for the customer.
         async with ledger.storage.batch_tx() as tx:
-            await tx.load_state(brand_id=k.BRAND, store_id="store-a", op_ids=[], customer_ids=[], sale_ids=[])
+            await tx.take_versions(k.BRAND, 0)
             both = asyncio.gather(ledger.send("store-a", [spend_a]), ledger.send("store-b", [spend_b]))
             assert await wait_for_lock_wait(ledger, at_least=2) == 2
         ack_a, ack_b = await asyncio.wait_for(both, 20)
@@ -190,11 +190,13 @@ async def test_a_customer_enrolled_meanwhile_by_another_store_is_never_overwritt
         assert head is not None
         state = await tx.load_state(brand_id=head.brand_id, store_id="store-a", op_ids=[op.op_id for op in ops_a],
                                     customer_ids=[cid], sale_ids=["sa"])
+        now = k.now_ms()
+        decided = reconcile(store_id="store-a", brand_id=head.brand_id, seq=head.last_seq + 1, ops=ops_a,
+                            state=state, now=now)
+        await tx.save_rows(decided)
+        outcome = versioned(decided, await tx.take_versions(head.brand_id, decided.counter))
         other = asyncio.create_task(ledger.service.submit_batch(data_b))
         assert await wait_for_lock_wait(ledger) == 1 and not other.done()  # b loaded "no such customer"
-        now = k.now_ms()
-        outcome = reconcile(store_id="store-a", brand_id=head.brand_id, seq=head.last_seq + 1, ops=ops_a,
-                            state=state, now=now)
         await tx.save_batch(BatchCommit("store-a", head.brand_id, head.last_seq + 1, head.last_seq, b"\x01" * 32,
                                         b"body", b"ack", now, now, outcome))
     ack = open_ack(await asyncio.wait_for(other, 20), KEY.public)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from cloud.model import BatchOutcome, CustomerState, LedgerState, OpRecord, SaleState
+from cloud.model import BatchOutcome, CustomerState, LedgerState, OpRecord, SaleState, versioned
 from cloud.reconciler import reconcile
 from protocol import Balance, Op, OpResult, OpStatus
 
@@ -188,3 +188,17 @@ def test_results_match_ops_one_to_one() -> None:
     assert [r.op_id for r in out.results] == [op.op_id for op in ops]
     assert all(isinstance(r, OpResult) for r in out.results)
     assert out.balances == (Balance(cid, sum(range(50)), 100 + 50),)  # the 0-point earn moves nothing
+
+
+def test_versions_decided_from_zero_move_past_the_brand_counter() -> None:
+    """The storage lets a batch decide with counter 0 and takes the brand's counter last."""
+    cid, other = k.any_uuid(), k.any_uuid()
+    out = run([k.enroll(cid), k.earn(cid, "s1", 10), k.redeem(other, "s2", 99)],
+              state(customers=[customer(other, 5, version=40)], counter=0))
+    assert out.counter == 2 and [c.version for c in out.customers] == [2]
+    moved = versioned(out, 100)
+    assert [(c.customer_id, c.version) for c in moved.customers] == [(cid, 102)]
+    # the customer the batch did not change keeps the version it has in the ledger
+    assert moved.balances == (Balance(cid, 10, 102), Balance(other, 5, 40))
+    assert (moved.counter, moved.results, moved.entries) == (102, out.results, out.entries)
+    assert versioned(out, 0) is out
