@@ -10,6 +10,7 @@ points and customer_id, ``customers (brand_id, created_at)``,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 
 from .sql import Row, Session
@@ -33,25 +34,32 @@ class ReportLedger:
                 brand_id, start, end,
             )
 
-    async def report_activity(self, brand_id: str, start: int, end: int, period: str) -> list[Row]:
-        """(period start, customers who earned or redeemed, earns) per period."""
+    async def report_activity(
+        self, brand_id: str, start: int, end: int, period: str, month_starts: Sequence[int]
+    ) -> list[Row]:
+        """(period key, customers who earned or redeemed, earns) per period (``sql.Dialect.period_key``)."""
         async with self._read() as q:
-            bucket = q.dialect.period_start("at", period)
+            bucket, params = q.dialect.period_key("at", period, 4, month_starts)
+            # Customers per period first, then periods: a hash of (period, customer) pairs instead
+            # of sorting every entry for COUNT(DISTINCT).
             return await q.fetch(
-                f"SELECT {bucket}, COUNT(DISTINCT customer_id), SUM(CASE WHEN kind = 'earn' THEN 1 ELSE 0 END)"
+                "SELECT period, COUNT(*), CAST(SUM(earns) AS BIGINT) FROM ("
+                f"SELECT {bucket} AS period, customer_id, SUM(CASE WHEN kind = 'earn' THEN 1 ELSE 0 END) AS earns"
                 f" FROM ledger_entries WHERE {_OF_BRAND} AND kind IN ('earn', 'redeem')"
-                f" GROUP BY {bucket} ORDER BY {bucket}",
-                brand_id, start, end,
+                f" GROUP BY {bucket}, customer_id) AS active GROUP BY period ORDER BY period",
+                brand_id, start, end, *params,
             )
 
-    async def report_points(self, brand_id: str, start: int, end: int, period: str) -> list[Row]:
-        """(period start, entry kind, points, entries) per period and kind."""
+    async def report_points(
+        self, brand_id: str, start: int, end: int, period: str, month_starts: Sequence[int]
+    ) -> list[Row]:
+        """(period key, entry kind, points, entries) per period and kind."""
         async with self._read() as q:
-            bucket = q.dialect.period_start("at", period)
+            bucket, params = q.dialect.period_key("at", period, 4, month_starts)
             return await q.fetch(
                 f"SELECT {bucket}, kind, CAST(SUM(points) AS BIGINT), COUNT(*) FROM ledger_entries"
                 f" WHERE {_OF_BRAND} GROUP BY {bucket}, kind ORDER BY {bucket}, kind",
-                brand_id, start, end,
+                brand_id, start, end, *params,
             )
 
     async def report_conflicts(self, brand_id: str, start: int, end: int) -> list[Row]:

@@ -35,6 +35,7 @@ from .periodic import SILENT_HOURS
 from .sql import PERIODS
 from .storage import Storage
 
+EPOCH = dt.date(1970, 1, 1)
 DEFAULT_DAYS = 30
 MAX_DAYS = 400
 DAY_MS = 86_400_000
@@ -57,6 +58,23 @@ class ReportQuery:
     def end(self) -> int:
         """Exclusive: midnight after ``last_day``."""
         return _ms(self.last_day) + DAY_MS
+
+    @property
+    def month_starts(self) -> list[int]:
+        """The first instant of every month the range touches."""
+        starts = []
+        month = self.first_day.replace(day=1)
+        while month <= self.last_day:
+            starts.append(_ms(month))
+            month = (month + dt.timedelta(days=32)).replace(day=1)
+        return starts
+
+    def label(self, key: int) -> str:
+        """The first day of the period ``key`` names (``sql.Dialect.period_key``)."""
+        if self.period == "month":
+            return f"{key // 12:04d}-{key % 12 + 1:02d}-01"
+        days = key if self.period == "day" else 7 * key - 3
+        return (EPOCH + dt.timedelta(days=days)).isoformat()
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,8 +147,9 @@ async def enrollment(storage: Storage, q: ReportQuery) -> Report:
 
 
 async def activity(storage: Storage, q: ReportQuery) -> Report:
-    rows = await storage.report_activity(q.brand_id, q.start, q.end, q.period)
-    return Report("activity", q, ("period", "active_customers", "visits"), [(r[0], r[1], int(r[2])) for r in rows])
+    rows = await storage.report_activity(q.brand_id, q.start, q.end, q.period, q.month_starts)
+    return Report("activity", q, ("period", "active_customers", "visits"),
+                  [(q.label(r[0]), r[1], int(r[2])) for r in rows])
 
 
 #: Ledger entry kinds by report column; any kind not named here counts as ``other``.
@@ -143,9 +162,10 @@ _SIGN = {"redeemed": -1, "expired": -1}
 
 async def points(storage: Storage, q: ReportQuery) -> Report:
     sums: dict[str, dict[str, int]] = {}
-    for period, kind, total, _count in await storage.report_points(q.brand_id, q.start, q.end, q.period):
+    for key, kind, total, _count in await storage.report_points(q.brand_id, q.start, q.end, q.period,
+                                                                 q.month_starts):
         column = _KIND_COLUMNS.get(kind, "other")
-        row = sums.setdefault(period, dict.fromkeys((*_POINT_COLUMNS, "net"), 0))
+        row = sums.setdefault(q.label(key), dict.fromkeys((*_POINT_COLUMNS, "net"), 0))
         row[column] += _SIGN.get(column, 1) * total
         row["net"] += total
     columns = ("period", *_POINT_COLUMNS, "net")

@@ -12,6 +12,7 @@ that is where the locks and bulk writes differ for real.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import json
 import re
@@ -22,8 +23,9 @@ from typing import Any, Protocol
 Row = tuple[Any, ...]
 
 _PLACEHOLDER = re.compile(r"\$(\d+)")
-#: Report periods, by the name both dialects' date functions know them by.
+#: Report periods.
 PERIODS = ("day", "week", "month")
+DAY_MS = 86_400_000
 
 
 @functools.lru_cache(maxsize=512)
@@ -56,19 +58,27 @@ class Dialect:
             return f"json_extract({column}, '$.{key}')"
         return f"(CAST({column} AS json) ->> '{key}')"
 
-    def period_start(self, column_ms: str, period: str) -> str:
-        """The UTC date (YYYY-MM-DD) on which the ``period`` (day; week, from Monday; month)
-        holding the time ``column_ms`` (milliseconds) starts."""
-        if period not in PERIODS:
+    def period_key(self, column_ms: str, period: str, n: int, month_starts: Sequence[int]) -> tuple[str, list[Any]]:
+        """An integer naming the UTC period (day; week, from Monday; month) that holds the time
+        ``column_ms`` (milliseconds), and the parameters it takes from ``$n`` on. Integer
+        arithmetic where it can be (a per-row date function costs several times the scan):
+        day = days since 1970-01-01, week = Mondays since then (1970-01-05 is week 1),
+        month = year * 12 + month - 1; PostgreSQL finds the month by binary search in
+        ``month_starts`` (``width_bucket``), the consecutive month starts of the range."""
+        day = f"({column_ms} / {DAY_MS})"
+        if period == "day":
+            return day, []
+        if period == "week":
+            return f"(({day} + 3) / 7)", []
+        if period != "month":
             raise ValueError(f"no period {period!r}")  # callers pass a checked value
         if self.sqlite:
             seconds = f"{column_ms} / 1000, 'unixepoch'"
-            return {
-                "day": f"date({seconds})",
-                "week": f"date({seconds}, 'weekday 0', '-6 days')",
-                "month": f"strftime('%Y-%m-01', {seconds})",
-            }[period]
-        return f"to_char(date_trunc('{period}', to_timestamp({column_ms} / 1000.0) AT TIME ZONE 'UTC'), 'YYYY-MM-DD')"
+            return (f"(CAST(strftime('%Y', {seconds}) AS INTEGER) * 12"
+                    f" + CAST(strftime('%m', {seconds}) AS INTEGER) - 1)"), []
+        first = dt.datetime.fromtimestamp(month_starts[0] / 1000, dt.UTC)
+        return f"(width_bucket({column_ms}, ${n}::bigint[]) - 1 + ${n + 1})", [
+            list(month_starts), first.year * 12 + first.month - 1]
 
     @property
     def for_update(self) -> str:

@@ -181,3 +181,20 @@ async def test_an_unknown_brand_is_a_404(filled: Filled) -> None:
     token = await operator(filled.cloud, None)
     status, body = await report(filled.cloud, token, "stores", brand="nobody")
     assert (status, body["error"]["code"], body["error"]["field"]) == (404, "unknown_brand", "brand_id")
+
+
+async def test_periods_across_a_year_end(tmp_path: Path, backend: k.Backend) -> None:
+    async with k.running_cloud(tmp_path, backend) as cloud:
+        cid = k.any_uuid()
+        await cloud.send(cloud.stores["store-a"], [
+            on("2023-12-31", k.enroll(cid)), on("2023-12-31", k.earn(cid, "s1", 10)),
+            on("2024-01-01", k.earn(cid, "s2", 20)), on("2024-02-29", k.earn(cid, "s3", 40))])
+        token = await operator(cloud)
+        span = {"from": "2023-12-01", "to": "2024-02-29"}
+        _, monthly = await report(cloud, token, "points", period="month", **span)
+        assert [(r[0], r[1]) for r in rows(monthly)] == [("2023-12-01", 10), ("2024-01-01", 20), ("2024-02-01", 40)]
+        _, weekly = await report(cloud, token, "activity", period="week", **span)
+        # 2023-12-31 is a Sunday: its week began on Monday the 25th; 2024-01-01 starts the next
+        assert [r[0] for r in rows(weekly)] == ["2023-12-25", "2024-01-01", "2024-02-26"]
+        _, daily = await report(cloud, token, "points", **span)
+        assert [r[0] for r in rows(daily)] == ["2023-12-31", "2024-01-01", "2024-02-29"]
