@@ -37,7 +37,7 @@ from .storage import Storage
 log = logging.getLogger(__name__)
 
 #: An idle worker looks at the inbox this often (a batch received in this process wakes it at once).
-POLL_INTERVAL = 0.1
+POLL_INTERVAL = 0.05
 #: After a failed step (database away), wait this long before the next.
 ERROR_PAUSE = 1.0
 
