@@ -79,22 +79,33 @@ def cmd_reconcile(args: argparse.Namespace, data: DataDir) -> int:
     context = multiprocessing.get_context("spawn")
     workers = [
         context.Process(target=_worker_process, name=f"reconciler-{n}", args=(
-            args.dsn, str(data.path), str(key_file), args.drain, args.poll_interval, args.log_level))
+            args.dsn, str(data.path), str(key_file), args.drain, args.poll_interval,
+            logging.getLevelName(logging.getLogger().getEffectiveLevel())))
         for n in range(args.workers)
     ]
-    for process in workers:
-        process.start()
+    stopping = False
 
     def stop(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
         for process in workers:
             if process.pid is not None and process.is_alive():
                 os.kill(process.pid, signal.SIGTERM)
 
+    # Set before the first worker starts: a SIGTERM must never leave workers running without us.
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     for process in workers:
-        process.join()
-    failed = [p.name for p in workers if p.exitcode != 0]
+        if not stopping:
+            process.start()
+    if stopping:  # the signal came while one was starting
+        stop(signal.SIGTERM, None)
+    for process in workers:
+        if process.pid is not None:
+            process.join()
+    # A worker stopped before it set its handler dies of the SIGTERM itself: that is a stop too.
+    clean = {0, -signal.SIGTERM} if stopping else {0}
+    failed = [f"{p.name} (exit {p.exitcode})" for p in workers if p.pid is not None and p.exitcode not in clean]
     if failed:
         raise Fail(f"workers {', '.join(failed)} failed (see the log)", 1)
     if args.drain:

@@ -324,3 +324,39 @@ def test_the_periodic_job_and_reports_from_the_command_line(cloud_data: Path, le
                               " 'nowhere', 1, 1)"))
     failed = cli("reconcile", "--periodic", "--data", cloud_data, expect=1)
     assert "audit_balances" in failed.stderr
+
+
+def test_reconciler_processes_run_until_sigterm(cloud_data: Path, ledger: k.Backend) -> None:
+    """`reconcile --workers 2` keeps applying what arrives, and stops cleanly on SIGTERM."""
+    cli("brand", "add", "acme", "--name", "Acme", "--data", cloud_data)
+    signer = k.StoreSigner("store-a")
+    cli("store", "add", "store-a", "--brand", "acme", "--public-key", signer.public_raw.hex(), "--data", cloud_data)
+    serve = subprocess.Popen([CLI, "serve", "--data", str(cloud_data), "--port", "0", "--workers", "0"],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    workers = subprocess.Popen([CLI, "reconcile", "--workers", "2", "--data", str(cloud_data)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(90, lambda: (serve.kill(), workers.kill()))
+    watchdog.start()
+    try:
+        assert serve.stdout is not None
+        url = serve.stdout.readline().split()[-1]
+        cid = k.any_uuid()
+        for ops in ([k.enroll(cid), k.earn(cid, "s1", 4)], [k.earn(cid, "s2", 6)]):
+            data, batch_hash = signer.batch(ops)
+            status, _ = post_batch(url, data)  # the separate workers apply it within the wait
+            assert status == 200
+            signer.advance(batch_hash)
+        assert k.run_sync(ledger.balances(cloud_data / "cloud.sqlite3")) == {cid: 10}
+        workers.send_signal(signal.SIGTERM)
+        assert workers.wait(timeout=30) == 0, workers.stderr.read() if workers.stderr else ""
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(timeout=30) == 0
+    finally:
+        watchdog.cancel()
+        for proc in (serve, workers):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert serve.stdout is not None and workers.stderr is not None
+        serve.stdout.close()
+        workers.stderr.close()
