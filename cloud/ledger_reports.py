@@ -50,16 +50,15 @@ class ReportLedger:
                 brand_id, start, end, *params,
             )
 
-    async def report_points(
-        self, brand_id: str, start: int, end: int, period: str, month_starts: Sequence[int]
-    ) -> list[Row]:
-        """(period key, entry kind, points, entries) per period and kind."""
+    async def report_points(self, brand_id: str, start: int, end: int) -> list[Row]:
+        """(day since 1970, entry kind, points, entries) per UTC day and kind (sums: weeks and
+        months add up from days)."""
         async with self._read() as q:
-            bucket, params = q.dialect.period_key("at", period, 4, month_starts)
+            day = q.dialect.period_key("at", "day", 4, ())[0]
             return await q.fetch(
-                f"SELECT {bucket}, kind, CAST(SUM(points) AS BIGINT), COUNT(*) FROM ledger_entries"
-                f" WHERE {_OF_BRAND} GROUP BY {bucket}, kind ORDER BY {bucket}, kind",
-                brand_id, start, end, *params,
+                f"SELECT {day}, kind, CAST(SUM(points) AS BIGINT), COUNT(*) FROM ledger_entries"
+                f" WHERE {_OF_BRAND} GROUP BY {day}, kind",
+                brand_id, start, end,
             )
 
     async def report_conflicts(self, brand_id: str, start: int, end: int) -> list[Row]:

@@ -76,6 +76,15 @@ class ReportQuery:
         days = key if self.period == "day" else 7 * key - 3
         return (EPOCH + dt.timedelta(days=days)).isoformat()
 
+    def label_of_day(self, day: int) -> str:
+        """The first day of the period holding ``day`` (days since 1970)."""
+        date = EPOCH + dt.timedelta(days=day)
+        if self.period == "month":
+            return date.replace(day=1).isoformat()
+        if self.period == "week":
+            return (date - dt.timedelta(days=date.weekday())).isoformat()
+        return date.isoformat()
+
 
 @dataclass(frozen=True, slots=True)
 class Report:
@@ -162,10 +171,9 @@ _SIGN = {"redeemed": -1, "expired": -1}
 
 async def points(storage: Storage, q: ReportQuery) -> Report:
     sums: dict[str, dict[str, int]] = {}
-    for key, kind, total, _count in await storage.report_points(q.brand_id, q.start, q.end, q.period,
-                                                                 q.month_starts):
+    for day, kind, total, _count in await storage.report_points(q.brand_id, q.start, q.end):
         column = _KIND_COLUMNS.get(kind, "other")
-        row = sums.setdefault(q.label(key), dict.fromkeys((*_POINT_COLUMNS, "net"), 0))
+        row = sums.setdefault(q.label_of_day(day), dict.fromkeys((*_POINT_COLUMNS, "net"), 0))
         row[column] += _SIGN.get(column, 1) * total
         row["net"] += total
     columns = ("period", *_POINT_COLUMNS, "net")
