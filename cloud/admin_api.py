@@ -20,7 +20,7 @@ from aiohttp import web
 
 from protocol.rules import Program
 
-from .api import CLOCK, STORAGE
+from .api import CLOCK, STORAGE, read_bounded
 from .checks import check_id
 from .errors import ConfigError, HttpError
 from .model import OperatorRecord
@@ -84,18 +84,9 @@ async def read_json(request: web.Request, limit: int = MAX_JSON_BYTES) -> dict[s
     """A JSON object body, refused (413) as soon as it is known to exceed ``limit``."""
     if request.content_type != "application/json":
         raise HttpError(415, "unsupported_media_type", "send Content-Type: application/json", field="content_type")
-    length = request.content_length
-    if length is not None and length > limit:
-        raise HttpError(413, "too_large", f"body of {length} bytes exceeds {limit}", extra={"limit": limit})
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise HttpError(413, "too_large", f"body exceeds {limit} bytes", extra={"limit": limit})
-        chunks.append(chunk)
+    data = await read_bounded(request, limit)
     try:
-        body = json.loads(b"".join(chunks), parse_constant=_no_constant)
+        body = json.loads(data, parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:
         raise HttpError(400, "invalid_json", f"the body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
