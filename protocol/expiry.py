@@ -15,6 +15,7 @@ can never be redeemed offline.
 from __future__ import annotations
 
 import calendar
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -23,6 +24,8 @@ from .errors import LocalProtocolError
 from .validate import check_range, check_types
 
 DAY_MS = 24 * 3600 * 1000
+#: Ledger entry kinds that count as activity for the inactivity policy.
+ACTIVITY_KINDS = frozenset({"earn", "redeem"})
 
 
 class ExpiryMode(StrEnum):
@@ -110,3 +113,35 @@ def expiring_within(lots: tuple[Lot, ...], policy: ExpiryPolicy, last_activity_a
     soon, _ = expire(lots, policy, last_activity_at, horizon)
     already, _ = expire(lots, policy, last_activity_at, now)
     return soon - already
+
+
+def lots_from_entries(entries: Iterable[tuple[int, int]]) -> tuple[Lot, ...]:
+    """The lots a balance holds, from its ledger movements ``(at, points)``.
+
+    Every credit (an earn, a positive adjustment, points given back by a
+    void) is a lot earned at its time; every debit (a redemption, a reversed
+    earn, a negative adjustment, an expiry) takes from the oldest lots first.
+    Movements are applied in time order (ties keep their given order). A
+    debit larger than the lots (a balance taken below zero) empties them and
+    the rest is carried, so later credits first pay that debt back.
+    """
+    lots: list[Lot] = []
+    debt = 0
+    for at, points in sorted(entries, key=lambda movement: movement[0]):
+        if points > 0:
+            paid = min(debt, points)
+            debt -= paid
+            if points > paid:
+                lots.append(Lot(at, points - paid))
+        elif points < 0:
+            held = sum(lot.points for lot in lots)
+            taken = min(held, -points)
+            lots = list(spend(tuple(lots), taken))
+            debt += -points - taken
+    return tuple(lots)
+
+
+def last_activity(entries: Iterable[tuple[int, str]]) -> int | None:
+    """When the customer last earned or redeemed, from ``(at, kind)`` ledger rows."""
+    times = [at for at, kind in entries if kind in ACTIVITY_KINDS]
+    return max(times) if times else None

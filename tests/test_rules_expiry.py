@@ -53,3 +53,21 @@ def test_no_expiry_and_bad_settings() -> None:
     for kwargs in ({"mode": "after_earned", "months": 0}, {"mode": "none", "months": 3}, {"mode": "weekly"}):
         with pytest.raises(LocalProtocolError):
             ExpiryPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+def test_lots_from_ledger_movements_spend_oldest_first_and_carry_a_debt() -> None:
+    from protocol.expiry import last_activity, lots_from_entries
+
+    jan, mar, jun, jul = (ms(f"2026-{m}-01T00:00:00") for m in ("01", "03", "06", "07"))
+    assert lots_from_entries([(mar, 50), (jan, 100), (jun, -120)]) == (Lot(mar, 30),)
+    # Ties keep their order: earned then reversed at the same instant leaves nothing.
+    assert lots_from_entries([(jan, 40), (jan, -40)]) == ()
+    # A balance taken below zero: the next credit pays the debt before it makes a lot.
+    assert lots_from_entries([(jan, 10), (mar, -25), (jun, 20), (jul, 7)]) == (Lot(jun, 5), Lot(jul, 7))
+    assert lots_from_entries([]) == ()
+    # The lots feed the expiry functions: 6 months after earning, March's 30 die on 1 September.
+    policy = ExpiryPolicy(ExpiryMode.AFTER_EARNED, 6)
+    lots = lots_from_entries([(mar, 50), (jan, 100), (jun, -120)])
+    assert expiring_within(lots, policy, jun, ms("2026-08-15T00:00:00")) == 30
+    assert last_activity([(jan, "earn"), (jun, "redeem"), (jul, "adjust")]) == jun
+    assert last_activity([(jul, "adjust")]) is None
