@@ -47,6 +47,11 @@ _PROGRAM_SELECT = (
 )
 
 
+async def program_in(q: Session, brand_id: str) -> Program | None:
+    """The brand's current program, read in ``q``'s transaction."""
+    return program_from_row(one(await q.fetch(_PROGRAM_SELECT, brand_id)))
+
+
 class SqlLedger:
     """Shared half of ``SQLiteStorage`` and ``PgStorage``."""
 

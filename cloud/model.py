@@ -15,6 +15,8 @@ from typing import Any
 
 from protocol import Balance, OpResult, Program
 
+from .engagement_model import ConsentRecord, OutboxMessage
+
 
 @dataclass(frozen=True, slots=True)
 class BrandRecord:
@@ -187,6 +189,9 @@ class BatchCommit:
     at: int
     received_at: int
     outcome: BatchOutcome
+    #: Written in the same transaction (see ``messages.batch_effects``); a message already there is kept.
+    messages: tuple[OutboxMessage, ...] = ()
+    consents: tuple[ConsentRecord, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

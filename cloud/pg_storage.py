@@ -37,8 +37,11 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
+from protocol import Program
+
+from .engagement_store import SqlEngagement, insert_consents, insert_messages
 from .errors import StoreError
-from .ledger import SqlLedger
+from .ledger import SqlLedger, program_in
 from .migrations import pending
 from .model import (
     BatchCommit,
@@ -183,6 +186,9 @@ class _PgTx:
             ops={r[0]: OpRecord(r[0], bytes(r[1]), *r[2:]) for r in ops},
         )
 
+    async def program(self, brand_id: str) -> Program | None:
+        return await program_in(_PgSession(self._conn), brand_id)
+
     async def save_batch(self, commit: BatchCommit) -> None:
         conn, out = self._conn, commit.outcome
         await _many(conn, INSERT_OPS, out.ops)
@@ -195,6 +201,8 @@ class _PgTx:
         await _many(conn, UPSERT_SALES, out.sales)
         await _many(conn, INSERT_ENTRIES, out.entries)
         await _many(conn, INSERT_CONFLICTS, out.conflicts)
+        await insert_messages(_PgSession(conn), commit.messages)
+        await insert_consents(_PgSession(conn), commit.consents)
         await _fetch(
             conn,
             "INSERT INTO batches (store_id, seq, hash, body, ack, at, received_at)"
@@ -214,7 +222,7 @@ class _PgTx:
         )
 
 
-class PgStorage(SqlLedger):
+class PgStorage(SqlEngagement, SqlLedger):
     """The PostgreSQL ledger at ``dsn`` (its tables are created and migrated by ``open``).
 
     The schema is the DSN's search path (``?search_path=...``; asyncpg sends

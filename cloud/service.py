@@ -39,6 +39,7 @@ from protocol import (
 
 from .errors import HttpError, StoreError
 from .keys import CloudKey
+from .messages import batch_effects, needs_program
 from .model import BatchCommit, CustomerState, KeyRecord
 from .reconciler import reconcile
 from .storage import Storage
@@ -148,6 +149,8 @@ class SyncService:
             )
             ack = Ack(batch.store_id, batch.seq, digest, now, outcome.results, outcome.balances)
             sealed = seal(MessageType.ACK, encode_ack(ack), self.cloud_key.private, self.cloud_key.key_id)
+            program = await tx.program(head.brand_id) if needs_program(outcome) else None
+            effects = batch_effects(outcome, program)
             await tx.save_batch(
                 BatchCommit(
                     store_id=batch.store_id,
@@ -159,6 +162,8 @@ class SyncService:
                     at=batch.at,
                     received_at=now,
                     outcome=outcome,
+                    messages=effects.messages,
+                    consents=effects.consents,
                 )
             )
         log.info(

@@ -146,4 +146,79 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        "0004_messages_and_portal",
+        (
+            # The outbox: written in the transaction of the event that causes a message, unique per
+            # event (dedupe_key), claimed by one dispatcher at a time (claim_token until claimed_until).
+            # No address here: it is read from the customer when the message is sent.
+            """CREATE TABLE messages (
+                message_id INTEGER PRIMARY KEY,
+                dedupe_key TEXT NOT NULL UNIQUE,
+                brand_id TEXT NOT NULL,
+                customer_id TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                data TEXT NOT NULL,
+                status TEXT NOT NULL DEFAULT 'pending',
+                channel TEXT,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                next_attempt_at INTEGER NOT NULL DEFAULT 0,
+                claimed_until INTEGER,
+                claim_token TEXT,
+                last_error TEXT,
+                provider_ref TEXT,
+                created_at INTEGER NOT NULL,
+                finished_at INTEGER
+            )""",
+            "CREATE INDEX messages_open ON messages (next_attempt_at) WHERE status IN ('pending', 'sending')",
+            "CREATE INDEX messages_customer ON messages (customer_id)",
+            # Every grant or withdrawal of consent to be contacted, newest wins per channel.
+            """CREATE TABLE consents (
+                id INTEGER PRIMARY KEY,
+                brand_id TEXT NOT NULL,
+                customer_id TEXT NOT NULL,
+                channel TEXT NOT NULL,
+                granted INTEGER NOT NULL,
+                at INTEGER NOT NULL,
+                source TEXT NOT NULL,
+                terminal_id TEXT,
+                staff TEXT
+            )""",
+            "CREATE INDEX consents_customer ON consents (customer_id)",
+            # Customers enrolled before this migration: their enrollment consent becomes records.
+            """INSERT INTO consents (brand_id, customer_id, channel, granted, at, source, terminal_id, staff)
+               SELECT c.brand_id, c.customer_id, j.value, 1, json_extract(c.consent, '$.at'),
+                      json_extract(c.consent, '$.source'), o.terminal_id, json_extract(c.consent, '$.staff')
+               FROM customers c JOIN json_each(c.consent, '$.channels') j
+               LEFT JOIN ops o ON o.customer_id = c.customer_id AND o.kind = 'enroll' AND o.status = 'applied'
+               ORDER BY c.created_at, c.customer_id""",
+            "CREATE INDEX customers_brand_phone ON customers (brand_id, phone)",
+            "CREATE INDEX customers_brand_email ON customers (brand_id, email)",
+            # Portal sign-in codes: keyed hashes of the contact and the code, never the values.
+            """CREATE TABLE otp_challenges (
+                challenge_id TEXT PRIMARY KEY,
+                brand_id TEXT NOT NULL,
+                contact_hash TEXT NOT NULL,
+                code_hash TEXT NOT NULL,
+                created_at INTEGER NOT NULL,
+                expires_at INTEGER NOT NULL,
+                tries INTEGER NOT NULL,
+                used_at INTEGER
+            )""",
+            "CREATE INDEX otp_challenges_expiry ON otp_challenges (expires_at)",
+            # Fixed-window attempt counters (per contact, per client address), kept across restarts.
+            """CREATE TABLE portal_limits (
+                key TEXT PRIMARY KEY,
+                window_start INTEGER NOT NULL,
+                count INTEGER NOT NULL
+            )""",
+            """CREATE TABLE portal_sessions (
+                token_hash TEXT PRIMARY KEY,
+                brand_id TEXT NOT NULL,
+                customer_id TEXT NOT NULL,
+                created_at INTEGER NOT NULL,
+                expires_at INTEGER NOT NULL
+            )""",
+        ),
+    ),
 )

@@ -22,8 +22,11 @@ from typing import Any
 
 import aiosqlite
 
+from protocol import Program
+
+from .engagement_store import SqlEngagement, insert_consents, insert_messages
 from .errors import StoreError
-from .ledger import CONFLICT_COLUMNS, CUSTOMER_COLUMNS, SqlLedger
+from .ledger import CONFLICT_COLUMNS, CUSTOMER_COLUMNS, SqlLedger, program_in
 from .migrations import pending
 from .model import (
     BatchCommit,
@@ -153,6 +156,9 @@ class _SQLiteTx:
             ops={r[0]: OpRecord(r[0], bytes(r[1]), *r[2:]) for r in ops},
         )
 
+    async def program(self, brand_id: str) -> Program | None:
+        return await program_in(_SQLiteSession(self._conn), brand_id)
+
     async def save_batch(self, commit: BatchCommit) -> None:
         conn, out = self._conn, commit.outcome
         await _many(
@@ -184,6 +190,8 @@ class _SQLiteTx:
             f"INSERT INTO conflicts ({CONFLICT_COLUMNS}) VALUES ({_marks(CONFLICT_COLUMNS)})",
             (astuple(c) for c in out.conflicts),
         )
+        await insert_messages(_SQLiteSession(conn), commit.messages)
+        await insert_consents(_SQLiteSession(conn), commit.consents)
         await _q(
             conn,
             "INSERT INTO batches (store_id, seq, hash, body, ack, at, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -204,7 +212,7 @@ class _SQLiteTx:
         )
 
 
-class SQLiteStorage(SqlLedger):
+class SQLiteStorage(SqlEngagement, SqlLedger):
     """The SQLite ledger at ``path`` (created and migrated by ``open``)."""
 
     def __init__(self, path: str | Path, *, busy_timeout_ms: int = 10_000) -> None:

@@ -17,14 +17,26 @@ from typing import Protocol
 
 from protocol import Program
 
+from .engagement_model import (
+    ConsentRecord,
+    MessageContact,
+    MessageRecord,
+    MessageResult,
+    OtpChallenge,
+    OutboxMessage,
+    PortalEnrollment,
+    PortalSession,
+)
 from .model import (
     BalanceMismatch,
     BatchCommit,
     BrandRecord,
     ChainHead,
     ConflictRecord,
+    CustomerState,
     DownlinkPage,
     KeyRecord,
+    LedgerEntry,
     LedgerState,
     OperatorRecord,
     StoredBatch,
@@ -49,7 +61,24 @@ class LedgerTx(Protocol):
         sale_ids: Sequence[str],
     ) -> LedgerState: ...
 
+    async def program(self, brand_id: str) -> Program | None:
+        """The brand's current program, read in this transaction."""
+
     async def save_batch(self, commit: BatchCommit) -> None: ...
+
+
+class PortalTx(Protocol):
+    """A write transaction for the portal's sign-in codes and attempt counters (``otp``)."""
+
+    async def challenge(self, challenge_id: str) -> OtpChallenge | None:
+        """The challenge, locked until the transaction ends."""
+
+    async def save_challenge(self, challenge: OtpChallenge) -> None:
+        """Insert, or update its tries and used_at."""
+
+    async def count(self, key: str, window_start: int, add: int) -> int:
+        """Add ``add`` to the counter ``key`` in the window starting at ``window_start``
+        (a newer window starts from zero) and return its value; ``add=0`` reads it."""
 
 
 class Storage(Protocol):
@@ -105,3 +134,50 @@ class Storage(Protocol):
     async def list_operators(self) -> list[OperatorRecord]: ...
 
     async def revoke_operator(self, operator_id: str, now: int) -> OperatorRecord: ...
+
+    # ---- messages (see cloud/messages.py and cloud/dispatcher.py)
+    async def add_messages(self, messages: Sequence[OutboxMessage]) -> int:
+        """Write messages in a transaction of their own; a dedupe key already stored is kept.
+        Returns how many were new. (In another transaction: ``engagement_store.insert_messages``.)"""
+
+    async def claim_messages(self, now: int, limit: int, lease_ms: int, claim_token: str) -> list[MessageRecord]:
+        """Due messages (pending and due, or sending with an expired lease), marked sending under
+        ``claim_token`` until ``now + lease_ms``; no two claims get the same message at once."""
+
+    async def finish_messages(self, claim_token: str, results: Sequence[tuple[int, MessageResult]]) -> int:
+        """Record how claimed messages (by id) ended, in one transaction; how many were recorded
+        (a message whose claim was lost, its lease over and taken again, is left alone)."""
+
+    async def message_contact(self, customer_id: str) -> MessageContact | None:
+        """Where a message to the customer may go now: addresses and consented channels."""
+
+    async def list_messages(self, customer_id: str | None = None) -> list[MessageRecord]: ...
+
+    async def record_consent(self, record: ConsentRecord) -> None: ...
+
+    async def consent_history(self, customer_id: str) -> list[ConsentRecord]: ...
+
+    # ---- the self-enrollment portal (see cloud/portal/)
+    async def find_customer(self, brand_id: str, *, phone: str | None = None,
+                            email: str | None = None) -> CustomerState | None: ...
+
+    async def get_customer(self, customer_id: str) -> CustomerState | None: ...
+
+    async def customer_entries(self, customer_id: str) -> list[LedgerEntry]: ...
+
+    async def enroll_customer(self, enrollment: PortalEnrollment, signup_bonus: int,
+                              bonus_op_id: str) -> tuple[CustomerState, bool]:
+        """Create the customer (next change version, consents, signup bonus, welcome message) in one
+        transaction, or return the brand's customer with that phone or email (False: not created)."""
+
+    def portal_tx(self) -> AbstractAsyncContextManager[PortalTx]: ...
+
+    async def create_session(self, session: PortalSession) -> None: ...
+
+    async def find_session(self, token_hash: str, now: int) -> PortalSession | None:
+        """The session if it exists and has not expired at ``now``."""
+
+    async def delete_session(self, token_hash: str) -> None: ...
+
+    async def prune_portal(self, now: int, limit_window_ms: int) -> int:
+        """Delete expired codes and sessions and stale counters; how many rows went."""
