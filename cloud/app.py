@@ -19,6 +19,7 @@ from aiohttp import web
 
 from . import admin_api
 from .api import CLOCK, CLOUD_KEY, MAX_BATCH_BYTES, SERVICE, STORAGE, add_routes, error_middleware
+from .engagement import Engagement, add_engagement
 from .keys import CloudKey
 from .metrics import METRICS, CloudMetrics, MeteredSyncService, metrics_handler
 from .storage import Storage
@@ -35,6 +36,7 @@ def make_app(
     cloud_key: CloudKey,
     *,
     clock: Callable[[], int] = wall_clock_ms,
+    engagement: Engagement | None = None,
 ) -> web.Application:
     # The envelope bound plus room for headers' worth of slack; read_body enforces the exact limits.
     app = web.Application(middlewares=[error_middleware, admin_api.admin_auth], client_max_size=MAX_BATCH_BYTES + 1024)
@@ -62,6 +64,8 @@ def make_app(
     add_routes(app)
     admin_api.add_routes(app)
     app.router.add_get("/metrics", metrics_handler)
+    if engagement is not None:  # the portal and the message dispatcher, once the ledger is open
+        add_engagement(app, engagement)
     return app
 
 

@@ -22,11 +22,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from protocol import uuid7
+from protocol.signup_link import LinkKind, make_token, signup_url
 
 from . import admin_api
 from .app import bind, make_app, serve, url_of, wall_clock_ms
 from .checks import check_id, check_name, check_program, parse_public_key_hex
 from .config import DSN_ENV, DataDir, dsn_from, make_storage
+from .engagement_config import add_engagement_options, check_base_url, engagement_from
 from .errors import ConfigError, StoreError
 from .keys import CloudKey, load_key, load_or_create_key
 from .storage import Storage
@@ -237,13 +239,41 @@ def cmd_serve(args: argparse.Namespace, data: DataDir) -> int:
         sock = bind(args.host, args.port)
     except OSError as exc:
         raise _Fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", 1) from exc
-    logging.getLogger(__name__).info("cloud key %s, data %s, %s", key.key_id, data.path, url_of(sock))
+    try:
+        engagement = engagement_from(args, data.path, url_of(sock))
+    except BaseException:
+        sock.close()
+        raise
+    logging.getLogger(__name__).info("cloud key %s, data %s, %s, portal %s", key.key_id, data.path, url_of(sock),
+                                     engagement.portal.base_url)
     serve(
-        make_app(lambda: make_storage(args.dsn, data), key),
+        make_app(lambda: make_storage(args.dsn, data), key, engagement=engagement),
         sock,
         on_listening=lambda url: _out(f"listening on {url}"),
         shutdown_timeout=args.shutdown_timeout,
     )
+    return 0
+
+
+def cmd_portal_link(args: argparse.Namespace, data: DataDir) -> int:
+    check_id("brand_id", args.brand_id)
+    if args.store is not None:
+        check_id("store_id", args.store)
+    base = check_base_url(args.portal_url, "portal_url")
+    _require_ledger(args, data)
+    key = load_key(args.key_file or data.key_file)
+
+    async def known(storage: Storage) -> None:
+        if args.brand_id not in {b.brand_id for b in await storage.list_brands()}:
+            raise ConfigError(f"no brand {args.brand_id!r}", field="brand_id")
+        if args.store is not None and (args.store, args.brand_id) not in {
+                (s.store_id, s.brand_id) for s in await storage.list_stores()}:
+            raise ConfigError(f"no store {args.store!r} in brand {args.brand_id!r}", field="store")
+
+    _with_storage(args, data, known)
+    kind = LinkKind.RECEIPT if args.receipt else LinkKind.FLYER
+    token = make_token(args.brand_id, args.store, wall_clock_ms(), kind, key.private)
+    _out(signup_url(base, args.brand_id, token, args.store))
     return 0
 
 
@@ -347,7 +377,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--key-file", type=Path, default=os.environ.get("LOYALTY_CLOUD_KEY_FILE") or None, metavar="FILE",
         help="the signing key (default DIR/cloud.key; env LOYALTY_CLOUD_KEY_FILE), e.g. a systemd credential",
     )
+    add_engagement_options(p)
     p.set_defaults(func=cmd_serve)
+
+    portal = sub.add_parser("portal", help="the self-enrollment portal").add_subparsers(dest="action", required=True)
+    p = portal.add_parser("link", parents=[common], help="print a signed sign-up link (for a flyer, or --receipt)")
+    p.add_argument("brand_id")
+    p.add_argument("--store", default=None, help="the store the sign-ups are credited to")
+    p.add_argument("--receipt", action="store_true", help="a receipt link: valid for 7 days from now")
+    p.add_argument("--portal-url", default=os.environ.get("LOYALTY_CLOUD_PORTAL_URL") or "http://127.0.0.1:8600",
+                   metavar="URL", help="the portal's public address (env LOYALTY_CLOUD_PORTAL_URL)")
+    p.add_argument("--key-file", type=Path, default=os.environ.get("LOYALTY_CLOUD_KEY_FILE") or None,
+                   metavar="FILE", help="the cloud key that signs the link (default DIR/cloud.key)")
+    p.set_defaults(func=cmd_portal_link)
     return parser
 
 

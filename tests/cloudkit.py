@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cloud.api import MSGPACK, STORAGE
 from cloud.app import make_app
 from cloud.config import DataDir, make_storage
+from cloud.engagement import Engagement
 from cloud.keys import CloudKey, create_key
 from cloud.storage import Storage
 from protocol import (
@@ -60,6 +61,7 @@ OTHER_BRAND = "zeta"
 TABLES = (
     "brands", "programs", "stores", "store_keys", "customers", "sales", "ops",
     "ledger_entries", "conflicts", "batches", "counters", "operators",
+    "messages", "consents", "otp_challenges", "portal_limits", "portal_sessions",
 )
 
 PG_DSN_ENV = "LOYALTY_TEST_PG_DSN"
@@ -359,13 +361,15 @@ async def seed(storage: Storage, stores: dict[str, StoreSigner]) -> None:
 
 
 @asynccontextmanager
-async def running_cloud(tmp_path: Path, backend: Backend = SQLITE) -> AsyncIterator[Cloud]:
-    """A seeded cloud on 127.0.0.1 (random port) with a fresh data dir under tmp_path."""
+async def running_cloud(tmp_path: Path, backend: Backend = SQLITE, engagement: Engagement | None = None,
+                        clock: Clock | None = None) -> AsyncIterator[Cloud]:
+    """A seeded cloud on 127.0.0.1 (random port) with a fresh data dir under tmp_path
+    (with the portal and message senders when ``engagement`` is given)."""
     data = tmp_path / "cloud"
     data.mkdir(mode=0o700)
     key = create_key(data / "cloud.key")
-    clock = Clock()
-    app = make_app(lambda: backend.storage(data), key, clock=clock)
+    clock = clock or Clock()
+    app = make_app(lambda: backend.storage(data), key, clock=clock, engagement=engagement)
     client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1", port=0))
     await client.start_server()
     try:
