@@ -29,7 +29,7 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .engagement_model import MessageRecord, MessageResult, MessageStatus
+from .engagement_model import MessageContact, MessageRecord, MessageResult, MessageStatus
 from .errors import StoreError
 from .messages import choose_channel, idempotency_key, render
 from .senders import Outgoing, SendError, Senders
@@ -75,9 +75,10 @@ class Dispatcher:
         """
         claim = secrets.token_hex(16)
         claimed = await self.storage.claim_messages(now, self.batch_size, self.lease_ms, claim)
+        contacts = await self.storage.message_contacts([record.customer_id for record in claimed])
         settled: list[tuple[int, MessageResult]] = []
         for record in claimed:
-            result, handed_over = await self._deliver(record, now)
+            result, handed_over = await self._deliver(record, contacts.get(record.customer_id), now)
             if handed_over:
                 await self._finish(claim, [(record.message_id, result)])
             else:
@@ -91,12 +92,12 @@ class Dispatcher:
             log.warning("%d of %d messages (ids %s) lost their claim before their result was recorded",
                         len(results) - recorded, len(results), ",".join(str(i) for i, _ in results))
 
-    async def _deliver(self, record: MessageRecord, now: int) -> tuple[MessageResult, bool]:
+    async def _deliver(self, record: MessageRecord, contact: MessageContact | None,
+                       now: int) -> tuple[MessageResult, bool]:
         """The result, and whether the message was handed to a provider (so may have gone out)."""
         if record.attempts > self.retry.max_attempts:
             log.warning("message %d (%s) failed: out of tries", record.message_id, record.kind)
             return MessageResult(MessageStatus.FAILED, now, error="out of tries"), False
-        contact = await self.storage.message_contact(record.customer_id)
         if contact is None:
             log.info("message %d (%s) skipped: no such customer", record.message_id, record.kind)
             return MessageResult(MessageStatus.SKIPPED, now, error="unknown_customer"), False

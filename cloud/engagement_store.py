@@ -152,18 +152,25 @@ class SqlEngagement:
                 ))
         return recorded
 
-    async def message_contact(self, customer_id: str) -> MessageContact | None:
+    async def message_contacts(self, customer_ids: Sequence[str]) -> dict[str, MessageContact]:
+        ids = sorted(set(customer_ids))
+        if not ids:
+            return {}
         async with self._read() as q:
-            rows = await q.fetch(
+            people = await q.fetch(
                 "SELECT c.customer_id, c.brand_id, b.name, c.name, c.phone, c.email FROM customers c"
-                " JOIN brands b ON b.brand_id = c.brand_id WHERE c.customer_id = $1",
-                customer_id,
+                f" JOIN brands b ON b.brand_id = c.brand_id WHERE {q.dialect.any_of('c.customer_id', 1)}",
+                q.dialect.strings(ids),
             )
-            consents = await self._consents(q, customer_id)
-        if not rows:
-            return None
-        r = rows[0]
-        return MessageContact(r[0], r[1], r[2], r[3], r[4], r[5], consented_channels(consents))
+            rows = await q.fetch(
+                f"SELECT {CONSENT_COLUMNS} FROM consents WHERE {q.dialect.any_of('customer_id', 1)} ORDER BY at, id",
+                q.dialect.strings(ids),
+            )
+        consents: dict[str, list[ConsentRecord]] = {}
+        for row in rows:
+            consents.setdefault(row[1], []).append(_consent(row))
+        return {r[0]: MessageContact(r[0], r[1], r[2], r[3], r[4], r[5], consented_channels(consents.get(r[0], ())))
+                for r in people}
 
     async def list_messages(self, customer_id: str | None = None) -> list[MessageRecord]:
         where, params = ("WHERE customer_id = $1", (customer_id,)) if customer_id is not None else ("", ())

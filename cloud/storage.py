@@ -148,8 +148,9 @@ class Storage(Protocol):
         """Record how claimed messages (by id) ended, in one transaction; how many were recorded
         (a message whose claim was lost, its lease over and taken again, is left alone)."""
 
-    async def message_contact(self, customer_id: str) -> MessageContact | None:
-        """Where a message to the customer may go now: addresses and consented channels."""
+    async def message_contacts(self, customer_ids: Sequence[str]) -> dict[str, MessageContact]:
+        """Where messages to these customers may go now: addresses and consented channels
+        (a customer not found is left out)."""
 
     async def list_messages(self, customer_id: str | None = None) -> list[MessageRecord]: ...
 

@@ -219,7 +219,8 @@ async def test_a_lost_claim_is_taken_over_after_its_lease_and_sent_once_by_key(c
     (claimed,) = await cloud.storage.claim_messages(now, 10, 60_000, "dead-dispatcher")
     outbox = tmp_path / "outbox.jsonl"
     dead = Dispatcher(cloud.storage, file_senders(outbox), lease_ms=60_000)
-    assert (await dead._deliver(claimed, now))[1] is True  # handed over to the sender
+    contact = (await cloud.storage.message_contacts([cid]))[cid]
+    assert (await dead._deliver(claimed, contact, now))[1] is True  # handed over to the sender
     assert len(mailbox(outbox)) == 1
     survivor = Dispatcher(cloud.storage, file_senders(outbox), lease_ms=60_000)
     assert await survivor.tick(now + 59_999) == 0  # still leased

@@ -186,7 +186,7 @@ async def account(visit: Visit) -> web.Response:
         return visit.redirect(pages.action(visit.brand_id))
     program = await storage.current_program(visit.brand_id)
     entries = await storage.customer_entries(customer.customer_id)
-    contact = await storage.message_contact(customer.customer_id)
+    contact = (await storage.message_contacts([customer.customer_id])).get(customer.customer_id)
     view = account_view(customer, program, entries, contact.consents if contact else frozenset(), visit.now)
     notices = {"consent": "Your message settings are saved."}
     html = pages.account(visit.brand_id, visit.brand_name, visit.csrf, view,
