@@ -23,8 +23,10 @@ from typing import Any, TypeVar
 
 from protocol import uuid7
 from protocol.signup_link import LinkKind, make_token, signup_url
+from runtime.logsetup import LOG_FORMATS
+from runtime.logsetup import configure as configure_logging
 
-from . import admin_api
+from . import admin_api, config_file
 from .app import bind, make_app, serve, url_of, wall_clock_ms
 from .checks import check_id, check_name, check_program, parse_public_key_hex
 from .config import DSN_ENV, DataDir, dsn_from, make_storage
@@ -289,7 +291,10 @@ def _port(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data", required=True, type=Path, metavar="DIR", help="data directory")
+    common.add_argument("--config", type=Path, default=None, metavar="FILE",
+                        help=f"TOML file of option values (env {config_file.CONFIG_ENV}); every option can also "
+                             f"come from {config_file.ENV_PREFIX}<OPTION> in the environment")
+    common.add_argument("--data", type=Path, default=None, metavar="DIR", help="data directory (required)")
     common.add_argument(
         "--dsn",
         default=None,
@@ -297,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"PostgreSQL ledger, postgresql://user@host:port/db (default: ${DSN_ENV}, else SQLite in --data)",
     )
     common.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    common.add_argument("--log-format", default="text", choices=list(LOG_FORMATS),
+                        help="json: one object per line, for journald or a log shipper")
 
     parser = argparse.ArgumentParser(prog=PROG, description="Loyalty Edge cloud ledger")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -394,11 +401,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    level = "INFO" if args.command == "serve" and args.log_level == "WARNING" else args.log_level
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace, DataDir], int] = args.func
     try:
+        config_file.apply(parser, args, argv, os.environ)
+        if args.data is None:
+            raise ConfigError(
+                f"the data directory is required: --data, {config_file.ENV_PREFIX}DATA or data in the config file",
+                field="data")
+        level = "INFO" if args.command == "serve" and args.log_level == "WARNING" else args.log_level
+        configure_logging(level, args.log_format)
         args.dsn = dsn_from(args.dsn)
         return func(args, DataDir(args.data))
     except ConfigError as exc:

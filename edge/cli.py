@@ -12,11 +12,11 @@ import urllib.request
 from pathlib import Path
 
 from protocol import key_id_for, public_bytes, uuid7
+from runtime.logsetup import configure as configure_logging
 
 from .config import ConfigError, EdgeConfig, build_config, load_config, write_config
 from .db import connect, migrate
 from .keyfile import KeyFileError, create_key, load_key
-from .logsetup import configure as configure_logging
 from .store import EdgeStore, set_meta
 from .terminals import create_pairing_code, list_terminals, revoke_terminal
 
