@@ -223,6 +223,7 @@ class SyncService:
             at=now,
             customers=customers,
             program=page.program,
+            cloud_keys=(),
         )
 
 

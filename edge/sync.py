@@ -27,6 +27,7 @@ from protocol import (
     Pull,
     RemoteProtocolError,
     encode_pull,
+    key_id_for,
     open_ack,
     open_downlink,
     seal,
@@ -194,6 +195,7 @@ class SyncTask:
                 nonce=nonce,
                 at=self._now_ms(),
                 limit=PULL_LIMIT,
+                cloud_key_id=key_id_for(self.cloud_key),
             )
             envelope = seal(MessageType.PULL, encode_pull(request), self.identity.private_key, self.identity.key_id)
             downlink = open_downlink(await self.client.post_envelope("/v1/pull", envelope), self.cloud_key)
