@@ -61,7 +61,7 @@ OTHER_BRAND = "zeta"
 TABLES = (
     "brands", "programs", "stores", "store_keys", "customers", "sales", "ops",
     "ledger_entries", "conflicts", "batches", "counters", "operators",
-    "messages", "consents", "otp_challenges", "portal_limits", "portal_sessions",
+    "messages", "consents", "otp_challenges", "portal_limits", "portal_sessions", "claim_tokens", "cloud_keys",
 )
 
 PG_DSN_ENV = "LOYALTY_TEST_PG_DSN"
