@@ -200,3 +200,41 @@ async def test_rotate_key_with_a_batch_in_flight(tmp_path: Path, session: aiohtt
     finally:
         edge.service.ensure_stopped()
         cloud.service.ensure_stopped()
+
+
+async def test_cloud_key_rotation_needs_no_visit_to_the_stores(tmp_path: Path, session: aiohttp.ClientSession) -> None:
+    """One edge hears the announcement on a downlink; another is off the whole time and follows the
+    chain when it comes back to a cloud already signing with the new key."""
+    cloud = CloudProcess(tmp_path)
+    cloud.service.start()
+    online = EdgeProcess(tmp_path, cloud, "store-on", claim_token=cloud.claim_token("store-on"))
+    away = EdgeProcess(tmp_path, cloud, "store-off", claim_token=cloud.claim_token("store-off"))
+    try:
+        online.service.start()
+        rotated = json.loads(cli("loyalty-cloud", "key", "rotate", "--json", "--data", str(cloud.data)))
+        await eventually(lambda: online.query("SELECT version FROM cloud_keys ORDER BY seq") == [(1,), (2,)],
+                         what="the announcement to reach the online edge")
+        (announcement,) = cloud.query("SELECT announcement FROM cloud_keys WHERE version = 2")
+        assert online.query("SELECT key_id, announcement FROM cloud_keys WHERE version = 2") == [
+            (rotated["key_id"], announcement[0])]
+
+        # the operator switches the service to the new key
+        cloud.service.stop()
+        (cloud.data / "cloud.key.new").replace(cloud.data / "cloud.key")
+        cloud.service.start()
+        assert json.loads(cli("loyalty-cloud", "public-key", "--json", "--data", str(cloud.data)))["key_id"] == \
+            rotated["key_id"]
+
+        away.service.start()
+        for edge, phone in ((online, "+15145550130"), (away, "+15145550131")):
+            terminal = await paired(session, edge)
+            await terminal.enroll("Otto", phone=phone)
+            await eventually(lambda e=edge: e.query("SELECT COUNT(*) FROM outbox WHERE status IS NULL") == [(0,)],
+                             what=f"{edge.store_id} to sync under the new cloud key")
+        assert away.query("SELECT version, retire_at IS NOT NULL FROM cloud_keys ORDER BY seq") == [(1, True),
+                                                                                                   (2, False)]
+        assert cloud.query("SELECT COUNT(*) FROM ops") == [(2,)]
+    finally:
+        online.service.ensure_stopped()
+        away.service.ensure_stopped()
+        cloud.service.ensure_stopped()
