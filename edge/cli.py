@@ -250,16 +250,6 @@ def cmd_rotate_key(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_new_key(args: argparse.Namespace) -> int:
-    """A new signing key for a rotation; the running key is never overwritten."""
-    path = Path(args.key_file)
-    key = create_key(path)
-    path.chmod(0o600)
-    public = key.public_key()
-    print(json.dumps({"key_id": key_id_for(public), "public_key": public_bytes(public).hex(), "key_file": str(path)}))
-    return 0
-
-
 def cmd_technician_password(args: argparse.Namespace) -> int:
     from .technician import hash_password
 
@@ -345,9 +335,6 @@ def parser() -> argparse.ArgumentParser:
     with_config(sub.add_parser(
         "rotate-key", help="a new signing key, announced to the cloud (signed by the old and the new key), "
         "then switched to")).set_defaults(func=cmd_rotate_key)
-    new_key = sub.add_parser("new-key", help="create a new signing key file (for a key rotation; never overwrites)")
-    new_key.add_argument("--key-file", required=True)
-    new_key.set_defaults(func=cmd_new_key)
     sub.add_parser(
         "technician-password",
         help="hash a technician password (stdin) into the edge.toml line that opens /status on the LAN",
