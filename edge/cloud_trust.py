@@ -80,8 +80,8 @@ class CloudTrust:
                                       status_hint=401, code="unknown_cloud_key", field="key_id")
         if key.retire_at is not None and now >= key.retire_at:
             raise RemoteProtocolError(
-                f"the cloud signed with {key_id}, retired on this node since a newer cloud key is in use",
-                status_hint=401, code="retired_cloud_key", field="key_id")
+                f"the cloud signed with {key_id}, a key this node stopped accepting (a newer cloud key is in use,"
+                " or cloud_public_key names another)", status_hint=401, code="retired_cloud_key", field="key_id")
         return key
 
     def extend(self, envelopes: Sequence[bytes]) -> tuple[CloudTrust, list[Adopted]]:
