@@ -5,10 +5,10 @@ answer. The pure ledger decisions live in ``reconciler``; this module does the
 checks around them, in this order (nothing is written on any refusal):
 
 1. the envelope parses and has the expected type;
-2. its key id names a registered key (401 ``unknown_key``) that may sign
-   (403 ``store_revoked``, ``key_revoked``, or ``key_expired`` once the
-   overlap window after its rotation is over), and the signature holds
-   (401 ``bad_signature``);
+2. its key id names a registered key (401 ``unknown_key``), the signature
+   holds (401 ``bad_signature``), and the key may sign (403
+   ``store_revoked``, ``key_revoked``, or ``key_expired`` once the overlap
+   window after its rotation is over);
 3. the body decodes, and names that key and the key's own store
    (403 ``foreign_key``);
 4. batches: the store's sequence and hash chain (409s); pulls: freshness.
@@ -80,11 +80,11 @@ class SyncService:
         key = await self.storage.find_key(env.key_id)
         if key is None:
             raise HttpError(401, "unknown_key", f"no store key {env.key_id!r} is registered", field="key_id")
-        check_key_usable(key, self.clock())
         try:
             body = env.verify(load_public_key(key.public_key))
         except ProtocolError as exc:
             raise _protocol_error(exc) from exc
+        check_key_usable(key, self.clock())  # after the signature: a revocation's reason is for its store only
         return Verified(key, body)
 
     @staticmethod

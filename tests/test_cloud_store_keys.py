@@ -209,6 +209,11 @@ async def test_revoked_store_is_refused_with_its_reason(cloud: k.Cloud) -> None:
     assert "till stolen on 3 March" in error["message"] and error["reason"] == "till stolen on 3 March"
     pull, _ = store.pull()
     await refused(cloud, "/v1/pull", pull, 403, "store_revoked")
+    # the reason is for the store only: a forged envelope naming its key hears of a bad signature
+    forged = bytearray(data)
+    forged[-1] ^= 0x01
+    error = await refused(cloud, "/v1/batches", bytes(forged), 401, "bad_signature")
+    assert "stolen" not in str(error)
     await refused(cloud, "/v1/store-keys", kk.rotation_envelope(store, Ed25519PrivateKey.generate()), 403,
                   "store_revoked")
     listed = {s.store_id: s for s in await cloud.storage.list_stores()}
