@@ -139,7 +139,7 @@ async def test_cloud_key_rotation_reaches_an_edge_that_was_offline(tmp_path: Pat
             verdict = judge({"program_version": 1, "outbox": {}, "sync": {"refused": sync.status.refused,
                                                                            "last_error": sync.status.last_error}},
                             time.time())
-            assert verdict.status == "failing" and "retired" in verdict.reasons[0]
+            assert verdict.status == "failing" and "stopped accepting" in verdict.reasons[0]
             assert edge.unacked() == 1  # refused answers apply nothing; the op waits
 
         async with kk.cloud_app(data, v2, backend, cloud_clock, port):
