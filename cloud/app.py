@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from . import admin_api
+from . import admin_api, enrollment_api
 from .api import CLOCK, CLOUD_KEY, MAX_BATCH_BYTES, SERVICE, STORAGE, add_routes, error_middleware
 from .engagement import Engagement, add_engagement
 from .keys import CloudKey
@@ -63,6 +63,7 @@ def make_app(
     app.cleanup_ctx.append(service_ctx)
     add_routes(app)
     admin_api.add_routes(app)
+    enrollment_api.add_routes(app)
     app.router.add_get("/metrics", metrics_handler)
     if engagement is not None:  # the portal and the message dispatcher, once the ledger is open
         add_engagement(app, engagement)

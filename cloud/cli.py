@@ -26,9 +26,10 @@ from protocol.signup_link import LinkKind, make_token, signup_url
 from runtime.logsetup import LOG_FORMATS
 from runtime.logsetup import configure as configure_logging
 
-from . import admin_api, config_file
+from . import admin_api, config_file, store_cli
 from .app import bind, make_app, serve, url_of, wall_clock_ms
 from .checks import check_id, check_name, check_program, parse_public_key_hex
+from .cloud_keyring import register_serving_key
 from .config import DSN_ENV, DataDir, dsn_from, make_storage
 from .engagement_config import add_engagement_options, check_base_url, engagement_from
 from .errors import ConfigError, StoreError
@@ -75,7 +76,7 @@ def _print_key(key: CloudKey, as_json: bool, **extra: Any) -> None:
 def cmd_init(args: argparse.Namespace, data: DataDir) -> int:
     data.create()
     key, created = load_or_create_key(data.key_file)
-    _with_storage(args, data, lambda s: s.applied_migrations())
+    _with_storage(args, data, lambda s: register_serving_key(s, key, wall_clock_ms()))  # migrates first
     _print_key(key, args.json, created=created, data=str(data.path))
     return 0
 
@@ -133,10 +134,15 @@ def cmd_program_set(args: argparse.Namespace, data: DataDir) -> int:
 def cmd_store_add(args: argparse.Namespace, data: DataDir) -> int:
     check_id("store_id", args.store_id)
     check_id("brand_id", args.brand)
+    if args.public_key is None:
+        return store_cli.cmd_store_add_to_claim(args, data)
     raw = parse_public_key_hex(args.public_key)
     data.require_initialised(sqlite=args.dsn is None)
     key = _with_storage(args, data, lambda s: s.add_store(args.store_id, args.brand, raw, wall_clock_ms()))
-    _out(f"store {key.store_id} ({key.brand_id}) key {key.key_id}")
+    if args.json:
+        _out(json.dumps({"store_id": key.store_id, "brand_id": key.brand_id, "key_id": key.key_id}))
+    else:
+        _out(f"store {key.store_id} ({key.brand_id}) key {key.key_id}")
     return 0
 
 
@@ -165,7 +171,9 @@ def cmd_store_list(args: argparse.Namespace, data: DataDir) -> int:
             row["key_ids"] = list(store.key_ids)
             _out(json.dumps(row))
         else:
-            _out(f"{store.store_id}\t{store.brand_id}\tseq={store.last_seq}\t{','.join(store.key_ids)}")
+            revoked = f"\trevoked: {store.revoke_reason}" if store.revoked_at is not None else ""
+            keys = ",".join(store.key_ids) or "awaiting its edge's claim"
+            _out(f"{store.store_id}\t{store.brand_id}\tseq={store.last_seq}\t{keys}{revoked}")
     return 0
 
 
@@ -339,10 +347,14 @@ def build_parser() -> argparse.ArgumentParser:
     store = sub.add_parser("store", help="stores and their keys").add_subparsers(
         dest="action", required=True
     )
-    p = store.add_parser("add", parents=[common], help="register a store and its Ed25519 public key")
+    p = store.add_parser("add", parents=[common],
+                         help="register a store: prints a one-time claim token for its edge (or give its key)")
     p.add_argument("store_id")
     p.add_argument("--brand", required=True)
-    p.add_argument("--public-key", required=True, metavar="HEX")
+    p.add_argument("--public-key", default=None, metavar="HEX",
+                   help="register this Ed25519 public key now instead of making a claim token")
+    p.add_argument("--token-hours", type=store_cli.hours_arg, default=72.0, help="how long the claim token is good for")
+    p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_store_add)
     p = store.add_parser("add-key", parents=[common], help="register another key for a store")
     p.add_argument("store_id")
@@ -354,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = store.add_parser("list", parents=[common])
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_store_list)
+    store_cli.add_store_commands(store, common)
+    store_cli.add_key_commands(sub, common)
 
     operator = sub.add_parser("operator", help="users of the admin API and their tokens").add_subparsers(
         dest="action", required=True

@@ -37,8 +37,8 @@ CONFLICT_COLUMNS = (
     "store_id, terminal_id, customer_id, op_id, kind, points_requested, balance_available, at, created_at"
 )
 KEY_SELECT = (
-    "SELECT k.key_id, k.store_id, s.brand_id, k.public_key, k.created_at, k.revoked_at"
-    " FROM store_keys k JOIN stores s ON s.store_id = k.store_id"
+    "SELECT k.key_id, k.store_id, s.brand_id, k.public_key, k.created_at, k.revoked_at, k.expires_at,"
+    " k.replaced_by, s.revoked_at, s.revoke_reason FROM store_keys k JOIN stores s ON s.store_id = k.store_id"
 )
 _OPERATOR_SELECT = "SELECT operator_id, name, brand_id, created_at, revoked_at FROM operators"
 _PROGRAM_SELECT = (
@@ -95,7 +95,8 @@ class SqlLedger:
     async def list_stores(self) -> list[StoreRecord]:
         async with self._read() as q:
             stores = await q.fetch(
-                "SELECT store_id, brand_id, last_seq, last_hash, created_at FROM stores ORDER BY store_id"
+                "SELECT store_id, brand_id, last_seq, last_hash, created_at, revoked_at, revoke_reason FROM stores"
+                " ORDER BY store_id"
             )
             keys = await q.fetch("SELECT store_id, key_id FROM store_keys ORDER BY created_at, key_id")
         return stores_from_rows(stores, keys)

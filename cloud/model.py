@@ -46,6 +46,12 @@ class KeyRecord:
     public_key: bytes
     created_at: int
     revoked_at: int | None
+    #: After a rotation: when the overlap window ends, and the key that replaced this one.
+    expires_at: int | None = None
+    replaced_by: str | None = None
+    #: The store's own revocation, which refuses every key of it.
+    store_revoked_at: int | None = None
+    store_revoke_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +62,8 @@ class StoreRecord:
     last_hash: bytes
     created_at: int
     key_ids: tuple[str, ...]
+    revoked_at: int | None = None
+    revoke_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,13 +243,15 @@ def program_from_row(row: Row | None) -> Program | None:
 
 
 def key_from_row(row: Row) -> KeyRecord:
-    return KeyRecord(row[0], row[1], row[2], bytes(row[3]), row[4], row[5])
+    """(key_id, store_id, brand_id, public_key, created_at, revoked_at, expires_at, replaced_by,
+    store revoked_at, store revoke_reason): ``ledger.KEY_SELECT``."""
+    return KeyRecord(row[0], row[1], row[2], bytes(row[3]), *row[4:10])
 
 
 def stores_from_rows(stores: list[Row], keys: list[Row]) -> list[StoreRecord]:
-    """Stores (store_id, brand_id, last_seq, last_hash, created_at) with their
-    key ids from (store_id, key_id) rows, in the order given."""
+    """Stores (store_id, brand_id, last_seq, last_hash, created_at, revoked_at, revoke_reason)
+    with their key ids from (store_id, key_id) rows, in the order given."""
     by_store: dict[str, list[str]] = {}
     for store_id, key_id in keys:
         by_store.setdefault(store_id, []).append(key_id)
-    return [StoreRecord(r[0], r[1], r[2], bytes(r[3]), r[4], tuple(by_store.get(r[0], ()))) for r in stores]
+    return [StoreRecord(r[0], r[1], r[2], bytes(r[3]), r[4], tuple(by_store.get(r[0], ())), *r[5:7]) for r in stores]

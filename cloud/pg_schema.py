@@ -223,6 +223,33 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        "0005_store_keys",
+        (
+            # See sqlite_schema: revoked stores, key overlap windows, claim tokens, cloud keys.
+            "ALTER TABLE stores ADD COLUMN revoked_at BIGINT",
+            "ALTER TABLE stores ADD COLUMN revoke_reason TEXT",
+            "ALTER TABLE store_keys ADD COLUMN expires_at BIGINT",
+            "ALTER TABLE store_keys ADD COLUMN replaced_by TEXT",
+            """CREATE TABLE claim_tokens (
+                token_hash BYTEA PRIMARY KEY,
+                store_id TEXT NOT NULL REFERENCES stores(store_id),
+                created_at BIGINT NOT NULL,
+                expires_at BIGINT NOT NULL,
+                used_at BIGINT,
+                key_id TEXT
+            )""",
+            "CREATE INDEX claim_tokens_store ON claim_tokens (store_id)",
+            """CREATE TABLE cloud_keys (
+                version INTEGER PRIMARY KEY,
+                key_id TEXT NOT NULL UNIQUE,
+                public_key BYTEA NOT NULL UNIQUE,
+                announcement BYTEA,
+                overlap_ms BIGINT NOT NULL,
+                created_at BIGINT NOT NULL
+            )""",
+        ),
+    ),
 )
 
 

@@ -69,6 +69,7 @@ from .pg_schema import (
     names,
 )
 from .sql import POSTGRES, Row, Session
+from .store_keys_store import SqlStoreKeys
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +223,7 @@ class _PgTx:
         )
 
 
-class PgStorage(SqlEngagement, SqlLedger):
+class PgStorage(SqlStoreKeys, SqlEngagement, SqlLedger):
     """The PostgreSQL ledger at ``dsn`` (its tables are created and migrated by ``open``).
 
     The schema is the DSN's search path (``?search_path=...``; asyncpg sends

@@ -5,8 +5,10 @@ answer. The pure ledger decisions live in ``reconciler``; this module does the
 checks around them, in this order (nothing is written on any refusal):
 
 1. the envelope parses and has the expected type;
-2. its key id names a registered key (401 ``unknown_key``), not revoked
-   (403 ``key_revoked``), and the signature holds (401 ``bad_signature``);
+2. its key id names a registered key (401 ``unknown_key``), the signature
+   holds (401 ``bad_signature``), and the key may sign (403
+   ``store_revoked``, ``key_revoked``, or ``key_expired`` once the overlap
+   window after its rotation is over);
 3. the body decodes, and names that key and the key's own store
    (403 ``foreign_key``);
 4. batches: the store's sequence and hash chain (409s); pulls: freshness.
@@ -37,12 +39,14 @@ from protocol import (
     seal,
 )
 
+from .cloud_keyring import KeyChain, reseal
 from .errors import HttpError, StoreError
 from .keys import CloudKey
 from .messages import batch_effects, needs_program
 from .model import BatchCommit, CustomerState, KeyRecord
 from .reconciler import reconcile
 from .storage import Storage
+from .store_keys_model import check_key_usable
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,7 @@ class SyncService:
         self.storage = storage
         self.cloud_key = cloud_key
         self.clock = clock
+        self.key_chain = KeyChain(storage, clock)
 
     async def verify(self, data: bytes, expected: MessageType) -> Verified:
         """Steps 1-2: the signed body, and the registered key that signed it."""
@@ -75,12 +80,11 @@ class SyncService:
         key = await self.storage.find_key(env.key_id)
         if key is None:
             raise HttpError(401, "unknown_key", f"no store key {env.key_id!r} is registered", field="key_id")
-        if key.revoked_at is not None:
-            raise HttpError(403, "key_revoked", f"key {key.key_id} was revoked", field="key_id")
         try:
             body = env.verify(load_public_key(key.public_key))
         except ProtocolError as exc:
             raise _protocol_error(exc) from exc
+        check_key_usable(key, self.clock())  # after the signature: a revocation's reason is for its store only
         return Verified(key, body)
 
     @staticmethod
@@ -116,7 +120,8 @@ class SyncService:
                 stored = await tx.stored_batch(batch.store_id, batch.seq)
                 if stored is not None and stored.hash == digest:
                     log.info("store %s resent batch %d; answering the stored ack", batch.store_id, batch.seq)
-                    return stored.ack
+                    # sealed again if an older cloud key sealed it: edges drop old keys after a rotation
+                    return reseal(stored.ack, MessageType.ACK, self.cloud_key)
                 raise HttpError(
                     409,
                     "batch_conflict",
@@ -223,6 +228,7 @@ class SyncService:
             at=now,
             customers=customers,
             program=page.program,
+            cloud_keys=await self.key_chain.after(pull.cloud_key_id),
         )
 
 

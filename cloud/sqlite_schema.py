@@ -221,4 +221,36 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        "0005_store_keys",
+        (
+            # A revoked store: its batches, pulls and key changes are refused, with the reason.
+            "ALTER TABLE stores ADD COLUMN revoked_at INTEGER",
+            "ALTER TABLE stores ADD COLUMN revoke_reason TEXT",
+            # After a rotation the old key works until expires_at (the overlap window); replaced_by
+            # names its successor, so a key is replaced once.
+            "ALTER TABLE store_keys ADD COLUMN expires_at INTEGER",
+            "ALTER TABLE store_keys ADD COLUMN replaced_by TEXT",
+            # One-time enrollment tokens: only their SHA-256; key_id is the key that claimed one.
+            """CREATE TABLE claim_tokens (
+                token_hash BLOB PRIMARY KEY,
+                store_id TEXT NOT NULL REFERENCES stores(store_id),
+                created_at INTEGER NOT NULL,
+                expires_at INTEGER NOT NULL,
+                used_at INTEGER,
+                key_id TEXT
+            )""",
+            "CREATE INDEX claim_tokens_store ON claim_tokens (store_id)",
+            # The cloud's signing keys, version 1 first; each later one with its announcement
+            # (signed by the key before it), sent down to the edges.
+            """CREATE TABLE cloud_keys (
+                version INTEGER PRIMARY KEY,
+                key_id TEXT NOT NULL UNIQUE,
+                public_key BLOB NOT NULL UNIQUE,
+                announcement BLOB,
+                overlap_ms INTEGER NOT NULL,
+                created_at INTEGER NOT NULL
+            )""",
+        ),
+    ),
 )

@@ -40,6 +40,7 @@ from .model import (
 )
 from .sql import SQLITE, Row, Session, to_sqlite
 from .sqlite_schema import MIGRATIONS, MIGRATIONS_TABLE
+from .store_keys_store import SqlStoreKeys
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +213,7 @@ class _SQLiteTx:
         )
 
 
-class SQLiteStorage(SqlEngagement, SqlLedger):
+class SQLiteStorage(SqlStoreKeys, SqlEngagement, SqlLedger):
     """The SQLite ledger at ``path`` (created and migrated by ``open``)."""
 
     def __init__(self, path: str | Path, *, busy_timeout_ms: int = 10_000) -> None:

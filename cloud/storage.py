@@ -42,6 +42,7 @@ from .model import (
     StoredBatch,
     StoreRecord,
 )
+from .store_keys_model import ClaimedStore, ClaimTokenRecord, CloudKeyRecord, RotatedKey
 
 
 class LedgerTx(Protocol):
@@ -123,6 +124,31 @@ class Storage(Protocol):
     async def add_store_key(self, store_id: str, public_key: bytes, now: int) -> KeyRecord: ...
 
     async def revoke_key(self, key_id: str, now: int) -> KeyRecord: ...
+
+    # ---- enrollment, key rotation and revocation (store_keys_store.SqlStoreKeys; KeyRefused for a requester)
+    async def add_store_to_claim(
+        self, store_id: str, brand_id: str, token_hash: bytes, expires_at: int, now: int
+    ) -> StoreRecord: ...
+
+    async def new_claim_token(self, store_id: str, token_hash: bytes, expires_at: int, now: int) -> None: ...
+
+    async def claim_tokens(self, store_id: str) -> list[ClaimTokenRecord]: ...
+
+    async def claim_store(self, token_hash: bytes, public_key: bytes, now: int) -> ClaimedStore: ...
+
+    async def rotate_store_key(
+        self, store_id: str, old_key_id: str, public_key: bytes, old_key_expires_at: int, now: int
+    ) -> RotatedKey: ...
+
+    async def store_keys(self, store_id: str) -> list[KeyRecord]: ...
+
+    async def set_key_expiry(self, store_id: str, expires_at: int) -> list[KeyRecord]: ...
+
+    async def revoke_store(self, store_id: str, reason: str, now: int) -> StoreRecord: ...
+
+    async def cloud_keys(self) -> list[CloudKeyRecord]: ...
+
+    async def add_cloud_key(self, record: CloudKeyRecord) -> CloudKeyRecord: ...
 
     # ---- operators of the admin API (tokens are stored as their SHA-256 only)
     async def add_operator(

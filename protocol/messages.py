@@ -2,11 +2,13 @@
 
     edge ── BATCH (store key) ─────────▶ cloud     ops, gap-free seq, hash chain
     edge ◀─ ACK (cloud key) ─────────── cloud     per-op results, balances
-    edge ── PULL (store key) ──────────▶ cloud     cursor + fresh nonce
-    edge ◀─ DOWNLINK (cloud key) ────── cloud     changes since cursor, echoes nonce
+    edge ── PULL (store key) ──────────▶ cloud     cursor + fresh nonce + newest cloud key known
+    edge ◀─ DOWNLINK (cloud key) ────── cloud     changes since cursor, echoes nonce,
+                                                  announcements of newer cloud keys
 
 Acks name the batch hash they answer and downlinks echo the pull's nonce,
-so neither can be replayed onto another request.
+so neither can be replayed onto another request. The messages about keys
+(enrollment, rotations) are in ``key_messages``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from .validate import MAX_POINTS, check_range, check_text, check_types, fields_o
 BODY_VERSION = 1
 MAX_BATCH_OPS = 5000
 MAX_DOWNLINK_CUSTOMERS = 5000
+#: Cloud key announcements one downlink (or one key chain) carries at most.
+MAX_CLOUD_KEYS = 32
 HASH_LEN = 32
 NONCE_LEN = 16
 GENESIS_HASH = bytes(HASH_LEN)
@@ -58,6 +62,14 @@ def _check_bytes(name: str, value: bytes, length: int) -> None:
 
 def _check_time(name: str, value: int) -> None:
     check_range(name, value, MIN_TIME_MS, MAX_TIME_MS)
+
+
+def check_envelopes(name: str, envelopes: tuple[bytes, ...], type_: MessageType, limit: int) -> None:
+    """A bounded list of envelopes of one type, still sealed (each is opened on its own)."""
+    if len(envelopes) > limit:
+        raise LocalProtocolError(f"{name} holds at most {limit} envelopes", code="out_of_range", field=name)
+    if any(len(e) > MAX_ENVELOPE_BYTES[type_] for e in envelopes):
+        raise LocalProtocolError(f"an envelope in {name} is too large", code="too_large", field=name)
 
 
 def body_hash(body: bytes) -> bytes:
@@ -158,11 +170,14 @@ class Pull:
     nonce: bytes
     at: int
     limit: int
+    #: The newest cloud key this edge trusts: the downlink announces the ones after it.
+    cloud_key_id: str
 
     def __post_init__(self) -> None:
         check_types(self)
         check_slug("store_id", self.store_id)
         check_text("key_id", self.key_id, 64, required=True)
+        check_text("cloud_key_id", self.cloud_key_id, 64, required=True)
         check_range("cursor", self.cursor, 0, 2**62)
         _check_bytes("nonce", self.nonce, NONCE_LEN)
         _check_time("at", self.at)
@@ -202,6 +217,8 @@ class Downlink:
     at: int
     customers: tuple[CustomerRecord, ...]
     program: Program | None
+    #: Signed CLOUD_KEY envelopes after the pull's ``cloud_key_id``, oldest first (key_messages).
+    cloud_keys: tuple[bytes, ...]
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -212,6 +229,7 @@ class Downlink:
         _check_time("at", self.at)
         if len(self.customers) > MAX_DOWNLINK_CUSTOMERS:
             raise LocalProtocolError("too many customers", code="out_of_range", field="customers")
+        check_envelopes("cloud_keys", self.cloud_keys, MessageType.CLOUD_KEY, MAX_CLOUD_KEYS)
 
 
 # ---------------------------------------------------------------- codecs

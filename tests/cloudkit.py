@@ -61,7 +61,7 @@ OTHER_BRAND = "zeta"
 TABLES = (
     "brands", "programs", "stores", "store_keys", "customers", "sales", "ops",
     "ledger_entries", "conflicts", "batches", "counters", "operators",
-    "messages", "consents", "otp_challenges", "portal_limits", "portal_sessions",
+    "messages", "consents", "otp_challenges", "portal_limits", "portal_sessions", "claim_tokens", "cloud_keys",
 )
 
 PG_DSN_ENV = "LOYALTY_TEST_PG_DSN"
@@ -141,6 +141,8 @@ class StoreSigner:
     node_id: str = field(default_factory=any_uuid)
     seq: int = 0
     prev_hash: bytes = GENESIS_HASH
+    #: The newest cloud key this edge trusts, named in its pulls.
+    cloud_key_id: str = "ed25519:0000000000000000"
 
     @property
     def key_id(self) -> str:
@@ -168,7 +170,7 @@ class StoreSigner:
     def pull(self, cursor: int = 0, limit: int = 100, *, at: int | None = None,
              nonce: bytes | None = None, store_id: str | None = None) -> tuple[bytes, bytes]:
         nonce = nonce or os.urandom(16)
-        pull = Pull(store_id or self.store_id, self.key_id, cursor, nonce, at or now_ms(), limit)
+        pull = Pull(store_id or self.store_id, self.key_id, cursor, nonce, at or now_ms(), limit, self.cloud_key_id)
         return seal(MessageType.PULL, encode_pull(pull), self.key, self.key_id), nonce
 
 

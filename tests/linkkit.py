@@ -77,6 +77,11 @@ class Link:
             raise CloudUnavailable("link: reply lost")
         return reply
 
+    async def get_bytes(self, path: str) -> bytes:
+        if not self.up:
+            raise CloudUnavailable("link: down")
+        return await self.client.get_bytes(path)
+
     async def close(self) -> None:
         await self.client.close()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import msgpack
@@ -56,6 +57,30 @@ from protocol import (
     uuid7,
 )
 from protocol.envelope import MAX_ENVELOPE_BYTES
+from protocol.key_messages import (
+    PROOF_DOMAIN,
+    Claim,
+    Enrollment,
+    StoreKeyRotated,
+    decode_claim,
+    decode_cloud_key,
+    decode_enrollment,
+    decode_key_chain,
+    decode_store_key_rotated,
+    decode_store_key_rotation,
+    encode_claim,
+    encode_cloud_key,
+    encode_enrollment,
+    encode_key_chain,
+    encode_store_key_rotated,
+    encode_store_key_rotation,
+    open_claim,
+    open_cloud_key,
+    open_enrollment,
+    seal_cloud_key,
+    seal_store_key_rotation,
+)
+from protocol.messages import MAX_CLOUD_KEYS
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 KEY = private_key_from_seed(bytes(range(32)))
@@ -65,6 +90,10 @@ TERMINAL = "01234567-89ab-4cde-8f01-23456789abcd"
 CUSTOMER = "11111111-2222-4333-8444-555555555555"
 NODE = "0f0e0d0c-0b0a-4908-8706-050403020100"
 NONCE = bytes(range(16))
+OTHER_KEY_ID = key_id_for(OTHER_KEY.public_key())
+WEEK_MS = 7 * 24 * 3600 * 1000
+#: Cloud key 2 (OTHER_KEY) announced by cloud key 1 (KEY): rides in the downlink below.
+CLOUD_KEY_ENVELOPE = seal_cloud_key(2, KEY, OTHER_KEY, WEEK_MS, T0 + 25)
 
 
 def counting_randbytes() -> Callable[[int], bytes]:
@@ -100,7 +129,8 @@ def build_messages() -> tuple[Batch, Ack, Pull, Downlink]:
         ),
         balances=(Balance(CUSTOMER, 12, 7),),
     )
-    pull = Pull(store_id="store-1", key_id=KEY_ID, cursor=6, nonce=NONCE, at=T0 + 20, limit=500)
+    pull = Pull(store_id="store-1", key_id=KEY_ID, cursor=6, nonce=NONCE, at=T0 + 20, limit=500,
+                cloud_key_id=KEY_ID)
     downlink = Downlink(
         store_id="store-1",
         nonce=NONCE,
@@ -110,11 +140,22 @@ def build_messages() -> tuple[Batch, Ack, Pull, Downlink]:
         at=T0 + 21,
         customers=(CustomerRecord(CUSTOMER, "Ana Lima", "+351912345678", None, None, 12, 7),),
         program=Program("brand-1", 1, "Points", 1, 100, '{"kind":"points","signup_bonus":50}'),
+        cloud_keys=(CLOUD_KEY_ENVELOPE,),
     )
     return batch, ack, pull, downlink
 
 
 BATCH, ACK, PULL, DOWNLINK = build_messages()
+
+# Keys: the claim and the enrollment are self-signed by KEY; the rotation and the
+# announcement are sealed by KEY (the old key) and proven by OTHER_KEY (the new one).
+CLAIM = Claim("lck_golden-token", KEY_ID, public_bytes(KEY.public_key()), NONCE, T0 + 30)
+ENROLLMENT = Enrollment("store-1", "brand-1", KEY_ID, NONCE, T0 + 31, 1, KEY_ID, public_bytes(KEY.public_key()))
+STORE_KEY_ROTATION = decode_store_key_rotation(
+    open_envelope(seal_store_key_rotation("store-1", KEY, OTHER_KEY, NONCE, T0 + 40), MessageType.STORE_KEY).body
+)
+STORE_KEY_ROTATED = StoreKeyRotated("store-1", KEY_ID, OTHER_KEY_ID, T0 + 40 + WEEK_MS, NONCE, T0 + 41)
+CLOUD_KEY_ANNOUNCEMENT = open_cloud_key(CLOUD_KEY_ENVELOPE, KEY.public_key())
 
 PUBLIC_KEY_HEX = "03a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8"
 BATCH_HASH_HEX = "1f3b31e4644737f62589def947dc3275258023e99cdd9f2a820636afecabca13"
@@ -155,24 +196,76 @@ GOLDEN_ACK = bytes.fromhex(  # 511 bytes
     "6e74730ca776657273696f6e07c4405f47cae03aa5f66f4bda6403703558a4d2ca24fe8ab1b341a3a38a72b6a040a026"
     "b9fcd0f098ad497affdb4fe10856e2910c52916e277afce6d5d3f8cebe3c0d"
 )
-GOLDEN_PULL = bytes.fromhex(  # 206 bytes
-    "9501a470756c6cb8656432353531393a35363437356161373534363334373463c46a87a17601a873746f72655f6964a7"
+GOLDEN_PULL = bytes.fromhex(  # 244 bytes
+    "9501a470756c6cb8656432353531393a35363437356161373534363334373463c49088a17601a873746f72655f6964a7"
     "73746f72652d31a66b65795f6964b8656432353531393a35363437356161373534363334373463a6637572736f7206a5"
-    "6e6f6e6365c410000102030405060708090a0b0c0d0e0fa26174cf0000019b76daa814a56c696d6974cd01f4c4406197"
-    "08d66230fbf7b3c4bafd65b61b93ac84c6562b940c6ae952f30b56d4c29d201979f517fce6a2344ba8a41109c9d4e3ac"
-    "6a07051c5696d80745fd3b95a500"
+    "6e6f6e6365c410000102030405060708090a0b0c0d0e0fa26174cf0000019b76daa814a56c696d6974cd01f4ac636c6f"
+    "75645f6b65795f6964b8656432353531393a35363437356161373534363334373463c440d2a35b8828ee2fc0307cd2be"
+    "53553f05ede729fe229aec750402a23dfa5e0eaab08f582ba8a0bf4ae7f99b951028dbfaeae0f5bf146be9373e22d893"
+    "44f83902"
 )
-GOLDEN_DOWNLINK = bytes.fromhex(  # 447 bytes
-    "9501a8646f776e6c696e6bb8656432353531393a35363437356161373534363334373463c5015689a17601a873746f72"
+GOLDEN_DOWNLINK = bytes.fromhex(  # 798 bytes
+    "9501a8646f776e6c696e6bb8656432353531393a35363437356161373534363334373463c502b58aa17601a873746f72"
     "655f6964a773746f72652d31a56e6f6e6365c410000102030405060708090a0b0c0d0e0fab66726f6d5f637572736f72"
     "06a9746f5f637572736f7207a46d6f7265c2a26174cf0000019b76daa815a9637573746f6d6572739187ab637573746f"
     "6d65725f6964d92431313131313131312d323232322d343333332d383434342d353535353535353535353535a46e616d"
     "65a8416e61204c696d61a570686f6e65ad2b333531393132333435363738a5656d61696cc0a9636172645f636f6465c0"
     "a762616c616e63650ca776657273696f6e07a770726f6772616d86a86272616e645f6964a76272616e642d31a7766572"
     "73696f6e01a46e616d65a6506f696e7473af706f696e74735f7065725f756e697401ab756e69745f616d6f756e7464a8"
-    "73657474696e6773d9237b226b696e64223a22706f696e7473222c227369676e75705f626f6e7573223a35307dc44031"
-    "d359ea1d1cb5a4df064b0b3cdbcab683518d893cc8eea2e9302892a9b5bac667f82c6c7f009f5e85b613c7664c1f1661"
-    "01428c59232ecaeef467571c37fd01"
+    "73657474696e6773d9237b226b696e64223a22706f696e7473222c227369676e75705f626f6e7573223a35307daa636c"
+    "6f75645f6b65797391c501509501a9636c6f75642d6b6579b8656432353531393a353634373561613735343633343734"
+    "63c4e788a17601a776657273696f6e02af70726576696f75735f6b65795f6964b8656432353531393a35363437356161"
+    "373534363334373463a66b65795f6964b8656432353531393a32346636656436616362666531303039aa7075626c6963"
+    "5f6b6579c42029acbae141bccaf0b22e1a94d34d0bc7361e526d0bfe12c89794bc9322966dd7aa6f7665726c61705f6d"
+    "73ce240c8400a26174cf0000019b76daa819a570726f6f66c4405cd33c1c371a6b1e6cb5c8cda46ebc1eb26f3ea08a00"
+    "a66a99d39f3ff98cf760737ea9a6ca4ab6afa859c640d630504b8bdcef8a541eef41cf6ad81e38da7e0bc4409a549009"
+    "ebe1063a0b45ee59edc521ced903f60f94052791447be9a6e270d0ac38a73d788e465bd97192b5745b6d7d35e5656ced"
+    "a94df79b59e64330bb75f805c44083c84ccdcdc5ea65655e5f4c216ec65517aaa66c838d9c3b11163308a632ad6a1067"
+    "629940bfc6f8f55e84772db3e63e098f52ba06d5795ad2908deb2d17ad0f"
+)
+GOLDEN_CLAIM = bytes.fromhex(  # 241 bytes
+    "9501a5636c61696db8656432353531393a35363437356161373534363334373463c48c86a17601a5746f6b656eb06c63"
+    "6b5f676f6c64656e2d746f6b656ea66b65795f6964b8656432353531393a35363437356161373534363334373463aa70"
+    "75626c69635f6b6579c42003a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8a56e6f6e63"
+    "65c410000102030405060708090a0b0c0d0e0fa26174cf0000019b76daa81ec440b0ad4287e9ffc70a8957342236335c"
+    "17895a2b1f681b8a363247ba332beba4e4afd3832ff52150e4fae0f1a32993a39586f8095aa115af9fe76b2e4082d9fa"
+    "03"
+)
+GOLDEN_ENROLLMENT = bytes.fromhex(  # 320 bytes
+    "9501aa656e726f6c6c6d656e74b8656432353531393a35363437356161373534363334373463c4d689a17601a873746f"
+    "72655f6964a773746f72652d31a86272616e645f6964a76272616e642d31a66b65795f6964b8656432353531393a3536"
+    "3437356161373534363334373463a56e6f6e6365c410000102030405060708090a0b0c0d0e0fa26174cf0000019b76da"
+    "a81fb1636c6f75645f6b65795f76657273696f6e01ac636c6f75645f6b65795f6964b8656432353531393a3536343735"
+    "6161373534363334373463b0636c6f75645f7075626c69635f6b6579c42003a107bff3ce10be1d70dd18e74bc09967e4"
+    "d6309ba50d5f1ddc8664125531b8c44086f05d2691974326bc43c3fd5454f77af8738ca71167dcc80563773e55fa4cd0"
+    "b0200f2b19f29bb6caa2c6d9238ddf1f6fd8258e8ac799a8af7dc493a19ad903"
+)
+GOLDEN_STORE_KEY = bytes.fromhex(  # 347 bytes
+    "9501a973746f72652d6b6579b8656432353531393a35363437356161373534363334373463c4f288a17601a873746f72"
+    "655f6964a773746f72652d31aa6f6c645f6b65795f6964b8656432353531393a35363437356161373534363334373463"
+    "a66b65795f6964b8656432353531393a32346636656436616362666531303039aa7075626c69635f6b6579c42029acba"
+    "e141bccaf0b22e1a94d34d0bc7361e526d0bfe12c89794bc9322966dd7a56e6f6e6365c410000102030405060708090a"
+    "0b0c0d0e0fa26174cf0000019b76daa828a570726f6f66c440570d30e16a38aeb55f47cbbf26175763fa57fc1a896bb8"
+    "de7819a3d17597e6d914cddbce64c534cec1911b683a63bde8030549fb6096a2ed008778dff156c900c4409bcfd994bd"
+    "8be1cc4fa2637cf50ad8bb50d0bdb91f25d8f24d7354f66da13e5b5e7745036006fa9038ff03cb99910cd751b59a6dd8"
+    "4fa67d3dfd6761f4ce9d0d"
+)
+GOLDEN_STORE_KEY_ACK = bytes.fromhex(  # 262 bytes
+    "9501ad73746f72652d6b65792d61636bb8656432353531393a35363437356161373534363334373463c49987a17601a8"
+    "73746f72655f6964a773746f72652d31aa6f6c645f6b65795f6964b8656432353531393a353634373561613735343633"
+    "34373463a66b65795f6964b8656432353531393a32346636656436616362666531303039b26f6c645f6b65795f657870"
+    "697265735f6174cf0000019b9ae72c28a56e6f6e6365c410000102030405060708090a0b0c0d0e0fa26174cf0000019b"
+    "76daa829c4402ecb3d24b508f1efd46ce625de7d77d2d057dcc521be0e81f6df6adf1eadb5507bedf9505001bc8e4b66"
+    "e6a7994d0fe8cee14122737cc9d51df1eb7c36d8140a"
+)
+GOLDEN_CLOUD_KEY = bytes.fromhex(  # 336 bytes
+    "9501a9636c6f75642d6b6579b8656432353531393a35363437356161373534363334373463c4e788a17601a776657273"
+    "696f6e02af70726576696f75735f6b65795f6964b8656432353531393a35363437356161373534363334373463a66b65"
+    "795f6964b8656432353531393a32346636656436616362666531303039aa7075626c69635f6b6579c42029acbae141bc"
+    "caf0b22e1a94d34d0bc7361e526d0bfe12c89794bc9322966dd7aa6f7665726c61705f6d73ce240c8400a26174cf0000"
+    "019b76daa819a570726f6f66c4405cd33c1c371a6b1e6cb5c8cda46ebc1eb26f3ea08a00a66a99d39f3ff98cf760737e"
+    "a9a6ca4ab6afa859c640d630504b8bdcef8a541eef41cf6ad81e38da7e0bc4409a549009ebe1063a0b45ee59edc521ce"
+    "d903f60f94052791447be9a6e270d0ac38a73d788e465bd97192b5745b6d7d35e5656ceda94df79b59e64330bb75f805"
 )
 
 DECODERS: dict[MessageType, Callable[[bytes], object]] = {
@@ -180,18 +273,33 @@ DECODERS: dict[MessageType, Callable[[bytes], object]] = {
     MessageType.ACK: decode_ack,
     MessageType.PULL: decode_pull,
     MessageType.DOWNLINK: decode_downlink,
+    MessageType.CLAIM: decode_claim,
+    MessageType.ENROLLMENT: decode_enrollment,
+    MessageType.STORE_KEY: decode_store_key_rotation,
+    MessageType.STORE_KEY_ACK: decode_store_key_rotated,
+    MessageType.CLOUD_KEY: decode_cloud_key,
 }
 ENCODERS: dict[MessageType, Callable[[Any], bytes]] = {
     MessageType.BATCH: encode_batch,
     MessageType.ACK: encode_ack,
     MessageType.PULL: encode_pull,
     MessageType.DOWNLINK: encode_downlink,
+    MessageType.CLAIM: encode_claim,
+    MessageType.ENROLLMENT: encode_enrollment,
+    MessageType.STORE_KEY: encode_store_key_rotation,
+    MessageType.STORE_KEY_ACK: encode_store_key_rotated,
+    MessageType.CLOUD_KEY: encode_cloud_key,
 }
 CASES = [
     pytest.param(MessageType.BATCH, BATCH, GOLDEN_BATCH, id="batch"),
     pytest.param(MessageType.ACK, ACK, GOLDEN_ACK, id="ack"),
     pytest.param(MessageType.PULL, PULL, GOLDEN_PULL, id="pull"),
     pytest.param(MessageType.DOWNLINK, DOWNLINK, GOLDEN_DOWNLINK, id="downlink"),
+    pytest.param(MessageType.CLAIM, CLAIM, GOLDEN_CLAIM, id="claim"),
+    pytest.param(MessageType.ENROLLMENT, ENROLLMENT, GOLDEN_ENROLLMENT, id="enrollment"),
+    pytest.param(MessageType.STORE_KEY, STORE_KEY_ROTATION, GOLDEN_STORE_KEY, id="store-key"),
+    pytest.param(MessageType.STORE_KEY_ACK, STORE_KEY_ROTATED, GOLDEN_STORE_KEY_ACK, id="store-key-ack"),
+    pytest.param(MessageType.CLOUD_KEY, CLOUD_KEY_ANNOUNCEMENT, GOLDEN_CLOUD_KEY, id="cloud-key"),
 ]
 
 
@@ -246,6 +354,11 @@ def relabel(data: bytes, new_type: str) -> bytes:
         (GOLDEN_ACK, MessageType.ACK, MessageType.BATCH),
         (GOLDEN_PULL, MessageType.PULL, MessageType.BATCH),
         (GOLDEN_DOWNLINK, MessageType.DOWNLINK, MessageType.ACK),
+        (GOLDEN_CLAIM, MessageType.CLAIM, MessageType.PULL),
+        (GOLDEN_ENROLLMENT, MessageType.ENROLLMENT, MessageType.DOWNLINK),
+        (GOLDEN_STORE_KEY, MessageType.STORE_KEY, MessageType.BATCH),
+        (GOLDEN_STORE_KEY_ACK, MessageType.STORE_KEY_ACK, MessageType.ACK),
+        (GOLDEN_CLOUD_KEY, MessageType.CLOUD_KEY, MessageType.STORE_KEY),
     ],
     ids=lambda v: v.value if isinstance(v, MessageType) else None,
 )
@@ -387,3 +500,83 @@ def test_store_id_must_be_a_slug(store_id: str) -> None:
 
 def _fields(obj: Any) -> dict[str, Any]:
     return {name: getattr(obj, name) for name in obj.__dataclass_fields__}
+
+
+# ------------------------------------------------------------------ keys
+
+
+def test_downlink_carries_the_announcement_of_the_next_cloud_key() -> None:
+    downlink = open_downlink(GOLDEN_DOWNLINK, KEY.public_key())
+    assert downlink.cloud_keys == (GOLDEN_CLOUD_KEY,)
+    assert open_cloud_key(downlink.cloud_keys[0], KEY.public_key()) == CLOUD_KEY_ANNOUNCEMENT
+    assert CLOUD_KEY_ANNOUNCEMENT.key_id == OTHER_KEY_ID and CLOUD_KEY_ANNOUNCEMENT.previous_key_id == KEY_ID
+
+
+def test_claim_and_enrollment_are_checked_with_the_key_they_carry() -> None:
+    assert open_claim(GOLDEN_CLAIM) == CLAIM
+    assert open_enrollment(GOLDEN_ENROLLMENT) == ENROLLMENT
+    assert open_enrollment(GOLDEN_ENROLLMENT, public_bytes(KEY.public_key())) == ENROLLMENT
+    with pytest.raises(RemoteProtocolError) as info:  # the operator pinned another cloud key
+        open_enrollment(GOLDEN_ENROLLMENT, public_bytes(OTHER_KEY.public_key()))
+    assert info.value.code == "unexpected_cloud_key" and info.value.status_hint == 401
+    # a claim for KEY's public key signed by another key (someone who saw the token, not the key)
+    forged = seal(MessageType.CLAIM, encode_claim(CLAIM), OTHER_KEY, KEY_ID)
+    with pytest.raises(RemoteProtocolError) as info:
+        open_claim(forged)
+    assert info.value.code == "bad_signature"
+    # ... or in an envelope naming the signer's key instead of the claimed one
+    relabelled = seal(MessageType.CLAIM, encode_claim(CLAIM), OTHER_KEY, OTHER_KEY_ID)
+    with pytest.raises(RemoteProtocolError) as info:
+        open_claim(relabelled)
+    assert info.value.code == "bad_signature" and info.value.field == "key_id"
+
+
+def test_claim_key_id_must_be_the_fingerprint_of_its_key() -> None:
+    with pytest.raises(LocalProtocolError) as info:
+        Claim("t", OTHER_KEY_ID, public_bytes(KEY.public_key()), NONCE, T0)
+    assert info.value.field == "key_id" and info.value.code == "bad_key"
+
+
+@pytest.mark.parametrize(("type_", "message"), [(MessageType.STORE_KEY, STORE_KEY_ROTATION),
+                                                (MessageType.CLOUD_KEY, CLOUD_KEY_ANNOUNCEMENT)],
+                         ids=["store-key", "cloud-key"])
+def test_a_new_key_must_prove_itself(type_: MessageType, message: Any) -> None:
+    encode, decode = ENCODERS[type_], DECODERS[type_]
+    assert decode(encode(message)) == message
+    for index in (0, 31, 63):  # any flipped bit of the proof
+        proof = bytearray(message.proof)
+        proof[index] ^= 0x01
+        with pytest.raises(RemoteProtocolError) as info:
+            decode(encode(replace(message, proof=bytes(proof))))
+        assert info.value.code == "bad_proof" and info.value.status_hint == 401
+    statement = encode(replace(message, proof=bytes(64)))
+    # the old key's signature where the new key's belongs
+    with pytest.raises(RemoteProtocolError):
+        decode(encode(replace(message, proof=KEY.sign(PROOF_DOMAIN[type_] + statement))))
+    # a proof is bound to its purpose: a store-key proof is no cloud-key proof, and back
+    (other,) = (t for t in PROOF_DOMAIN if t is not type_)
+    with pytest.raises(RemoteProtocolError):
+        decode(encode(replace(message, proof=OTHER_KEY.sign(PROOF_DOMAIN[other] + statement))))
+    assert decode(encode(replace(message, proof=OTHER_KEY.sign(PROOF_DOMAIN[type_] + statement)))) == message
+
+
+def test_cloud_key_announcement_must_come_from_the_key_it_succeeds() -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        open_cloud_key(GOLDEN_CLOUD_KEY, OTHER_KEY.public_key())
+    assert info.value.code == "bad_signature"
+    # signed by the new key itself, naming KEY as its predecessor: not from KEY
+    self_made = seal(MessageType.CLOUD_KEY, encode_cloud_key(CLOUD_KEY_ANNOUNCEMENT), OTHER_KEY, OTHER_KEY_ID)
+    with pytest.raises(RemoteProtocolError) as info:
+        open_cloud_key(self_made, OTHER_KEY.public_key())
+    assert info.value.field == "previous_key_id"
+
+
+def test_key_chain_round_trip_and_bounds() -> None:
+    assert decode_key_chain(encode_key_chain((GOLDEN_CLOUD_KEY,) * 3)) == (GOLDEN_CLOUD_KEY,) * 3
+    assert decode_key_chain(encode_key_chain(())) == ()
+    with pytest.raises(LocalProtocolError):
+        encode_key_chain((GOLDEN_CLOUD_KEY,) * (MAX_CLOUD_KEYS + 1))
+    too_many: bytes = msgpack.packb([GOLDEN_CLOUD_KEY] * (MAX_CLOUD_KEYS + 1), use_bin_type=True)
+    for data in (too_many, msgpack.packb(["text"]), msgpack.packb({"a": 1}), b"\xc1"):
+        with pytest.raises(RemoteProtocolError):
+            decode_key_chain(data)
