@@ -169,7 +169,8 @@ async def list_stores(request: web.Request) -> web.Response:
     stores = [s for s in await request.app[STORAGE].list_stores() if only is None or s.brand_id == only]
     return web.json_response({"stores": [
         {"store_id": s.store_id, "brand_id": s.brand_id, "last_seq": s.last_seq, "key_ids": list(s.key_ids),
-         "created_at": s.created_at} for s in stores]})
+         "created_at": s.created_at, "revoked_at": s.revoked_at, "revoke_reason": s.revoke_reason}
+        for s in stores]})
 
 
 def add_routes(app: web.Application) -> None:

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from cloud.cloud_keyring import rotate_cloud_key
 from cloud.dispatcher import Dispatcher
+from cloud.keys import create_key
 from cloud.senders import FileSender, Senders
 from protocol.signup_link import RECEIPT_LINK_MS, LinkKind
 
@@ -186,6 +188,11 @@ async def test_expired_and_foreign_links_cannot_sign_up(portal: PortalCloud) -> 
     await cloud.storage.revoke_key(key.key_ids[0], k.now_ms())
     await browser.get(portal.link(store="store-q", key=store_key))
     assert browser.status == 400 and 'id="signup"' not in browser.html
+    # Links signed by another version of the cloud key stay valid (flyers outlive a key rotation).
+    next_version = create_key(cloud.db_path.parent / "cloud.key.next")
+    await rotate_cloud_key(cloud.storage, cloud.key, next_version, 3_600_000, k.now_ms())
+    await browser.get(portal.link(kind=LinkKind.FLYER, key=next_version.private))
+    assert browser.status == 200 and 'id="signup"' in browser.html
     # A sign-up form posted with an expired token is refused before any code is sent.
     await browser.get(portal.link())
     before = await cloud.snapshot()

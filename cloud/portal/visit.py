@@ -19,6 +19,7 @@ from protocol.signup_link import SignupLink, check_fresh, parse_token
 from ..api import CLOCK, CLOUD_KEY, STORAGE
 from ..engagement_model import PortalSession
 from ..errors import StoreError
+from ..store_keys_model import CloudKeyRecord
 from . import pages
 from .config import PORTAL, PortalConfig
 
@@ -147,8 +148,13 @@ async def read_form(visit: Visit) -> dict[str, str]:
     return form
 
 
+async def _cloud_key_version(visit: Visit, key_id: str) -> CloudKeyRecord | None:
+    return next((r for r in await visit.request.app[STORAGE].cloud_keys() if r.key_id == key_id), None)
+
+
 async def check_link(visit: Visit, token: str) -> SignupLink:
-    """The sign-up link if its token is signed by the cloud key or a live key of its store, and fresh."""
+    """The sign-up link if its token is signed by a version of the cloud key or a live key of its store,
+    and fresh."""
     signed = parse_token(token)
     link = signed.link
     if link.brand_id != visit.brand_id:
@@ -156,6 +162,9 @@ async def check_link(visit: Visit, token: str) -> SignupLink:
     cloud_key = visit.request.app[CLOUD_KEY]
     if link.key_id == cloud_key.key_id:
         signed.verify(cloud_key.public)
+    elif (version := await _cloud_key_version(visit, link.key_id)) is not None:
+        # Flyers printed before a cloud key rotation keep working: every version is ours.
+        signed.verify(load_public_key(version.public_key))
     else:
         key = await visit.request.app[STORAGE].find_key(link.key_id)
         if (key is None or key.revoked_at is not None or key.brand_id != link.brand_id
