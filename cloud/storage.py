@@ -11,22 +11,26 @@ the backend modules.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 from protocol import Program
 
 from .model import (
+    AdjustmentRecord,
     BalanceMismatch,
     BatchCommit,
     BrandRecord,
     ChainHead,
     ConflictRecord,
     DownlinkPage,
+    ExpirySummary,
     KeyRecord,
     LedgerState,
+    MismatchRecord,
     OperatorRecord,
+    ShortfallRecord,
     StoredBatch,
     StoreRecord,
 )
@@ -48,6 +52,10 @@ class LedgerTx(Protocol):
         customer_ids: Sequence[str],
         sale_ids: Sequence[str],
     ) -> LedgerState: ...
+
+    async def load_programs(self, brand_id: str, versions: Sequence[int]) -> Mapping[int, Program]:
+        """The brand's program at each of ``versions`` (the ones that exist)."""
+        ...
 
     async def save_batch(self, commit: BatchCommit) -> None: ...
 
@@ -78,6 +86,14 @@ class Storage(Protocol):
 
     async def list_conflicts(self, store_id: str | None = None) -> list[ConflictRecord]: ...
 
+    async def list_mismatches(self, store_id: str | None = None) -> list[MismatchRecord]:
+        """Ops applied as the edge computed them while the cloud computed otherwise."""
+        ...
+
+    async def list_shortfalls(self, store_id: str | None = None) -> list[ShortfallRecord]:
+        """Reversals the refund policy clamped at zero or took below zero."""
+        ...
+
     async def audit_balances(self) -> list[BalanceMismatch]: ...
 
     async def applied_migrations(self) -> list[tuple[str, int]]: ...
@@ -105,3 +121,13 @@ class Storage(Protocol):
     async def list_operators(self) -> list[OperatorRecord]: ...
 
     async def revoke_operator(self, operator_id: str, now: int) -> OperatorRecord: ...
+
+    # ---- balance changes made in the cloud (each goes down to the edges as a new customer version)
+    async def adjust_balance(
+        self, brand_id: str, customer_id: str, points: int, reason: str, actor: str, now: int,
+        operator_id: str | None = None,
+    ) -> AdjustmentRecord: ...
+
+    async def run_expiry(self, now: int) -> ExpirySummary:
+        """Expire every point due at ``now``; idempotent, safe to run twice or to interrupt."""
+        ...

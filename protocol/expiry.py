@@ -141,15 +141,16 @@ def lots_from_entries(entries: Iterable[tuple[int, int]]) -> tuple[Lot, ...]:
     return tuple(sorted(lots, key=lambda lot: lot.earned_at))
 
 
-def upcoming(lots: tuple[Lot, ...], policy: ExpiryPolicy, last_activity_at: int, now: int,
+def upcoming(lots: tuple[Lot, ...], policy: ExpiryPolicy, last_activity_at: int,
              limit: int = MAX_EXPIRING) -> tuple[tuple[int, int], ...]:
-    """(expires_at, points) of the lots still to expire after ``now``,
-    merged per UTC day at the day's earliest deadline (never later than the
-    real one), nearest first, at most ``limit`` days."""
+    """(expires_at, points) of the remaining lots, merged per UTC day at the
+    day's earliest deadline (never later than the real one), nearest first,
+    at most ``limit`` days. A deadline already passed stays in the list until
+    an expiry run takes its points: the edge must not let them be spent."""
     by_day: dict[int, list[int]] = {}
     for lot in lots:
         deadline = expires_at(lot, policy, last_activity_at)
-        if deadline is None or deadline <= now:
+        if deadline is None:
             continue
         day = by_day.setdefault(deadline // DAY_MS, [deadline, 0])
         day[0] = min(day[0], deadline)

@@ -70,6 +70,17 @@ class EarnBasis:
             raise LocalProtocolError(f"a stored earn basis is unreadable: {exc}", code="bad_basis") from exc
 
 
+def basis_version(data: bytes) -> int:
+    """The program version a stored basis was rated with, without decoding its sale."""
+    try:
+        version = msgpack.unpackb(data, raw=False, use_list=False)["program_version"]
+    except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
+        raise LocalProtocolError(f"a stored earn basis is unreadable: {exc}", code="bad_basis") from exc
+    if type(version) is not int:
+        raise LocalProtocolError("a stored earn basis has no program version", code="bad_basis")
+    return version
+
+
 @dataclass(frozen=True, slots=True)
 class Standing:
     """What is applied on a sale, and what refunds already took back of it."""

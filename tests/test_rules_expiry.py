@@ -88,12 +88,14 @@ def test_upcoming_expiries_per_day_nearest_first_and_bounded() -> None:
     lots = (Lot(ms("2026-01-10T08:00:00"), 5), Lot(ms("2026-01-10T20:00:00"), 7), Lot(ms("2026-01-11T01:00:00"), 1),
             Lot(ms("2025-12-01T00:00:00"), 9))
     now = ms("2026-01-15T00:00:00")
-    assert upcoming(lots, policy, 0, now) == (
+    assert upcoming(lots, policy, 0) == (
+        (ms("2026-01-01T00:00:00"), 9),  # passed, but no expiry run has taken it yet: the edge must know
         (ms("2026-02-10T08:00:00"), 12),  # one day, at its earliest deadline
         (ms("2026-02-11T01:00:00"), 1),
-    )  # December's lot already expired: the cloud's run takes it, not the list
-    assert upcoming(lots, policy, 0, now, limit=1) == ((ms("2026-02-10T08:00:00"), 12),)
-    assert upcoming(lots, ExpiryPolicy(), 0, now) == ()
-    expiring = upcoming(lots, policy, 0, now)
-    assert expired_by(expiring, ms("2026-02-10T08:00:00")) == 12
+    )
+    assert upcoming(lots, policy, 0, limit=1) == ((ms("2026-01-01T00:00:00"), 9),)
+    assert upcoming(lots, ExpiryPolicy(), 0) == ()
+    expiring = upcoming(lots, policy, 0)
+    assert expired_by(expiring, now) == 9
+    assert expired_by(expiring, ms("2026-02-10T08:00:00")) == 21
     assert expiring_soon(expiring, now) == 13 and expiring_soon(expiring, ms("2026-02-10T09:00:00")) == 1
