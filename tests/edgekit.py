@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import msgpack
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -20,7 +19,7 @@ from edge.appkeys import STORE
 from edge.config import EdgeConfig, build_config
 from edge.db import connect, migrate
 from edge.keyfile import create_key
-from edge.store import EdgeStore, set_meta
+from edge.store import EdgeStore, save_program, set_meta
 from edge.terminals import create_pairing_code
 from protocol import Program, public_bytes, uuid7
 
@@ -70,9 +69,8 @@ def with_conn(config: EdgeConfig, fn: Any, only_if_missing: str | None = None) -
 
 
 def install_program(config: EdgeConfig, program: Program = DEMO_PROGRAM) -> None:
-    from dataclasses import asdict
-
-    with_conn(config, lambda c: set_meta(c, "program", msgpack.packb(asdict(program))))
+    """As a downlink would: the current program, kept in the history of versions."""
+    with_conn(config, lambda c: save_program(c, program))
 
 
 def set_confirmed(config: EdgeConfig, customer_id: str, points: int, version: int = 1) -> None:
