@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 
 from protocol import GENESIS_HASH, LocalProtocolError, Program
+from protocol.expiry import ExpiryMode
 from protocol.validate import MAX_POINTS, check_range, check_text
 
 from . import balances, checks
@@ -302,7 +303,7 @@ class SqlLedger:
         brands = checked = changed = points = 0
         for brand in await self.list_brands():
             program = await self.current_program(brand.brand_id)
-            if program is None or program.options.expiry.mode.value == "none":
+            if program is None or program.options.expiry.mode is ExpiryMode.NONE:
                 continue
             brands += 1
             async with self._read() as q:

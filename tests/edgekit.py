@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,13 +131,15 @@ async def pair(session: aiohttp.ClientSession, base: str, config: EdgeConfig, na
 
 
 @asynccontextmanager
-async def running_edge(config: EdgeConfig) -> AsyncIterator[tuple[web.Application, str]]:
+async def running_edge(
+    config: EdgeConfig, clock: Callable[[], float] = time.time
+) -> AsyncIterator[tuple[web.Application, str]]:
     """The real edge application on 127.0.0.1, on a free port."""
     from edge.app import bind_socket
 
     sock = bind_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
-    app = build_app(config, port=port)
+    app = build_app(config, port=port, clock=clock)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     site = web.SockSite(runner, sock)
