@@ -4,6 +4,7 @@ cloud (to verify). Rounding is floor per sale, so both sides always agree.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from .earning import Customer, EarningRules, excluded
@@ -68,6 +69,7 @@ def available_points(confirmed: int, pending_debits: int, expired: int = 0) -> i
     return max(0, confirmed - pending_debits - expired)
 
 
+@functools.lru_cache(maxsize=64)
 def earning_rules(program: Program) -> EarningRules:
-    """The earning rules a program version implies."""
+    """The earning rules a program version implies (cached: a version never changes, and this runs on every earn)."""
     return program.options.earning_rules(program.points_per_unit, program.unit_amount)
