@@ -259,3 +259,35 @@ async def test_the_signup_bonus_is_pending_then_granted_once(both: Both) -> None
             "INSERT INTO ledger_entries (customer_id, op_id, store_id, sale_id, kind, points, at) VALUES"
             f" ('{person['customer_id']}', 'x', 'store-a', NULL, 'signup_bonus', 50, 1)"
         )
+
+
+async def test_expiry_runs_in_the_cloud_and_the_edge_never_lets_an_expired_point_go(
+    tmp_path: Path, backend: cloudkit.Backend
+) -> None:
+    clock = FixedClock(NOW)
+    month = 31 * 24 * 3600 * 1000
+    async with edge_and_cloud(tmp_path, backend, clock) as both:
+        await both.program("expiring", 1, 100, json.dumps({"expiry": {"mode": "after_earned", "months": 1}}))
+        person = await enroll(both, "Short Lived")
+        cid = person["customer_id"]
+        status, data = await both.call("POST", "/v1/earns", {"customer_id": cid,
+                                                           "sale": sale_json(sale(line("a", "coat", 1, 5_000)), "x")})
+        assert (status, data["points"]) == (201, 50)
+        await both.settle()
+        profile = await both.customer(cid)
+        # The ack brought the balance, the downlink of the same version the expiry date.
+        assert (profile["balance"]["available"], profile["expiring_soon"]) == (50, 50)
+        clock.at_ms = NOW + month  # a month later, and the cloud has not run expiry yet
+        both.cloud.clock.offset += month
+        profile = await both.customer(cid)
+        assert (profile["balance"]["confirmed"], profile["balance"]["available"]) == (50, 0)
+        status, data = await both.call("POST", "/v1/redemptions", {"customer_id": cid, "sale_id": "late",
+                                                                  "points": 1})
+        assert (status, data["error"]["code"]) == (422, "insufficient_balance")
+        summary = await both.cloud.storage.run_expiry(NOW + month)
+        assert (summary.customers_expired, summary.points_expired) == (1, 50)
+        await both.settle()
+        profile = await both.customer(cid)
+        assert (profile["balance"], profile["expiring_soon"]) == (
+            {"confirmed": 0, "pending": 0, "available": 0}, 0)
+        assert await both.cloud_balance(cid) == 0
