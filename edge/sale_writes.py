@@ -42,16 +42,18 @@ def _sale_row(conn: sqlite3.Connection, sale_id: str) -> tuple[Any, ...] | None:
     return row
 
 
-def _open_sale(conn: sqlite3.Connection, sale_id: str, customer_id: str) -> tuple[Any, ...] | None:
-    """The sale's row if it exists (None if not), refused if voided or another customer's."""
-    row = _sale_row(conn, sale_id)
+def _open_sale(conn: sqlite3.Connection, sale_id: str, customer_id: str) -> bool:
+    """Whether the sale has earned already; refused if voided or another customer's."""
+    row = conn.execute(
+        "SELECT customer_id, earn_op_id, voided_at FROM sales WHERE sale_id = ?", (sale_id,)
+    ).fetchone()
     if row is None:
-        return None
-    if row[4] is not None:
+        return False
+    if row[2] is not None:
         raise Conflict("this sale was voided", code="sale_voided", field="sale_id")
     if row[0] != customer_id:
         raise Conflict("this sale belongs to another customer", code="sale_customer_mismatch", field="sale_id")
-    return row
+    return row[1] is not None
 
 
 def _projected(conn: sqlite3.Connection, customer_id: str, now: int) -> int:
@@ -67,8 +69,7 @@ def earn(op: Earn, rating: RulesCustomer) -> Action:
 
     def action(conn: sqlite3.Connection) -> tuple[int, dict[str, Any]]:
         confirmed(conn, op.customer_id)
-        sale = _open_sale(conn, op.sale_id, op.customer_id)
-        if sale is not None and sale[3] is not None:
+        if _open_sale(conn, op.sale_id, op.customer_id):
             raise Conflict("this sale has already earned", code="already_earned", field="sale_id")
         conn.execute(
             "INSERT INTO sales (sale_id, customer_id, amount, earned, earn_op_id, basis) VALUES (?, ?, ?, ?, ?, ?) "

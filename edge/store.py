@@ -86,7 +86,7 @@ def program_at(conn: sqlite3.Connection, version: int) -> Program | None:
 
 def rated_as(groups: str, opted_out: int) -> RulesCustomer:
     """What the earning rules know of a customer, from their columns."""
-    return RulesCustomer(tuple(json.loads(groups)), bool(opted_out))
+    return RulesCustomer(() if groups == "[]" else tuple(json.loads(groups)), bool(opted_out))
 
 
 def customer_rating(conn: sqlite3.Connection, customer_id: str) -> RulesCustomer:
@@ -98,17 +98,14 @@ def customer_rating(conn: sqlite3.Connection, customer_id: str) -> RulesCustomer
 
 def balance_of(conn: sqlite3.Connection, customer_id: str, now: int) -> dict[str, int]:
     """Confirmed (from the cloud), pending (local, unconfirmed) and available to redeem."""
-    row = conn.execute(
-        "SELECT confirmed, expiring, "
-        "(SELECT COALESCE(SUM(delta), 0) FROM outbox WHERE outbox.customer_id = customers.customer_id "
-        "AND status IS NULL), "
-        "(SELECT COALESCE(SUM(debit), 0) FROM outbox WHERE outbox.customer_id = customers.customer_id "
-        "AND status IS NULL) FROM customers WHERE customer_id = ?",
+    # One pass over the customer's pending ops (the partial index) for both sums.
+    confirmed, expiring, pending, debits = conn.execute(
+        "SELECT c.confirmed, c.expiring, COALESCE(SUM(o.delta), 0), COALESCE(SUM(o.debit), 0) FROM customers c "
+        "LEFT JOIN outbox o ON o.customer_id = c.customer_id AND o.status IS NULL WHERE c.customer_id = ?",
         (customer_id,),
     ).fetchone()
-    if row is None:
+    if confirmed is None:
         raise NotFound("no customer with this id", code="unknown_customer", field="customer_id")
-    confirmed, expiring, pending, debits = row
     return _balance(confirmed, pending, debits, expiring, now)
 
 
