@@ -22,8 +22,8 @@ from protocol.rules import Program
 
 from .api import CLOCK, STORAGE, read_bounded
 from .checks import check_id
-from .errors import ConfigError, HttpError
-from .model import OperatorRecord
+from .errors import ConfigError, HttpError, NotFound, Refused
+from .model import AdjustmentRecord, OperatorRecord
 
 PREFIX = "/v1/admin/"
 MAX_JSON_BYTES = 64 * 1024
@@ -164,6 +164,38 @@ async def put_program(request: web.Request) -> web.Response:
     return web.json_response(program_json(program), status=201)
 
 
+def adjustment_json(record: AdjustmentRecord) -> dict[str, Any]:
+    return {"op_id": record.op_id, "customer_id": record.customer_id, "points": record.points,
+            "reason": record.reason, "actor": record.actor, "operator_id": record.operator_id,
+            "balance": record.balance_after, "version": record.version, "at": record.at}
+
+
+async def post_adjustment(request: web.Request) -> web.Response:
+    """A manual adjustment with a reason; the actor is the operator unless the body names one.
+    It reaches every edge of the brand with their next pull, like any balance change."""
+    brand_id = brand_of(request)
+    body = await read_json(request)
+    check_fields(body, {"points", "reason"}, frozenset({"actor"}))
+    if type(body["points"]) is not int:
+        raise HttpError(400, "invalid_type", "points must be an integer", field="points")
+    for name in ("reason", "actor"):
+        if name in body and not isinstance(body[name], str):
+            raise HttpError(400, "invalid_type", f"{name} must be a string", field=name)
+    operator = request[OPERATOR]
+    try:
+        record = await request.app[STORAGE].adjust_balance(
+            brand_id, request.match_info["customer_id"], body["points"], body["reason"],
+            body.get("actor", operator.name), request.app[CLOCK](), operator_id=operator.operator_id,
+        )
+    except NotFound as exc:
+        raise HttpError(404, "unknown_customer", exc.message, field=exc.field) from exc
+    except Refused as exc:
+        raise HttpError(422, exc.code or "refused", exc.message, field=exc.field) from exc
+    except ConfigError as exc:
+        raise config_error(exc) from exc
+    return web.json_response(adjustment_json(record), status=201)
+
+
 async def list_stores(request: web.Request) -> web.Response:
     only = visible_brands(request)
     stores = [s for s in await request.app[STORAGE].list_stores() if only is None or s.brand_id == only]
@@ -178,3 +210,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get(PREFIX + "brands/{brand_id}/program", get_program)
     app.router.add_put(PREFIX + "brands/{brand_id}/program", put_program)
     app.router.add_get(PREFIX + "stores", list_stores)
+    app.router.add_post(PREFIX + "brands/{brand_id}/customers/{customer_id}/adjustments", post_adjustment)

@@ -227,6 +227,38 @@ def _require_ledger(args: argparse.Namespace, data: DataDir) -> None:
         )
 
 
+def cmd_mismatches(args: argparse.Namespace, data: DataDir) -> int:
+    _require_ledger(args, data)
+    for mismatch in _with_storage(args, data, lambda s: s.list_mismatches(args.store)):
+        _out(json.dumps(dataclasses.asdict(mismatch)))
+    return 0
+
+
+def cmd_shortfalls(args: argparse.Namespace, data: DataDir) -> int:
+    _require_ledger(args, data)
+    for shortfall in _with_storage(args, data, lambda s: s.list_shortfalls(args.store)):
+        _out(json.dumps(dataclasses.asdict(shortfall)))
+    return 0
+
+
+def cmd_adjust(args: argparse.Namespace, data: DataDir) -> int:
+    check_id("brand_id", args.brand_id)
+    _require_ledger(args, data)
+    record = _with_storage(args, data, lambda s: s.adjust_balance(
+        args.brand_id, args.customer_id, args.points, args.reason, args.actor, wall_clock_ms()
+    ))
+    _out(json.dumps(dataclasses.asdict(record)))
+    return 0
+
+
+def cmd_expire(args: argparse.Namespace, data: DataDir) -> int:
+    _require_ledger(args, data)
+    now = wall_clock_ms() if args.now is None else args.now
+    summary = _with_storage(args, data, lambda s: s.run_expiry(now))
+    _out(json.dumps({"at": now, **dataclasses.asdict(summary)}))
+    return 0
+
+
 def cmd_audit(args: argparse.Namespace, data: DataDir) -> int:
     _require_ledger(args, data)
     mismatches = _with_storage(args, data, lambda s: s.audit_balances())
@@ -386,6 +418,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("conflicts", parents=[common], help="refused debits, as JSON lines")
     p.add_argument("--store", default=None)
     p.set_defaults(func=cmd_conflicts)
+
+    p = sub.add_parser("mismatches", parents=[common],
+                       help="ops applied as the edge computed them while the cloud computed otherwise, as JSON lines")
+    p.add_argument("--store", default=None)
+    p.set_defaults(func=cmd_mismatches)
+
+    p = sub.add_parser("shortfalls", parents=[common],
+                       help="reversals the refund policy clamped at zero or took below zero, as JSON lines")
+    p.add_argument("--store", default=None)
+    p.set_defaults(func=cmd_shortfalls)
+
+    p = sub.add_parser("adjust", parents=[common], help="adjust a customer's balance, with a reason and an actor")
+    p.add_argument("brand_id")
+    p.add_argument("customer_id")
+    p.add_argument("points", type=int, help="points to add (negative: to take; never below zero)")
+    p.add_argument("--reason", required=True)
+    p.add_argument("--actor", required=True, help="who decided it")
+    p.set_defaults(func=cmd_adjust)
+
+    p = sub.add_parser("expire", parents=[common],
+                       help="expire the points due by the programs' expiry settings (safe to run twice)")
+    p.add_argument("--now", type=int, default=None, metavar="MS", help="the time to expire at (default: now)")
+    p.set_defaults(func=cmd_expire)
 
     p = sub.add_parser("audit", parents=[common], help="check every balance against its ledger entries")
     p.set_defaults(func=cmd_audit)

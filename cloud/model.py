@@ -10,12 +10,16 @@ from __future__ import annotations
 import dataclasses
 import operator
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from protocol import Balance, OpResult, Program
 
 from .engagement_model import ConsentRecord, OutboxMessage
+
+#: The store_id of ledger entries the cloud makes itself (expiry, an operator's
+#: adjustment): not a slug, so it can never be a store's.
+CLOUD_ORIGIN = "(cloud)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,11 +102,19 @@ class CustomerState:
     enrolled_store: str
     created_at: int
     updated_at: int
+    groups: str = "[]"  # JSON list, sorted: what zero-earning rules match on
+    opted_out: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class SaleState:
-    """What the cloud applied on one sale of one store."""
+    """What the cloud applied on one sale of one store.
+
+    ``basis`` is the earn's ``protocol.refunds.EarnBasis`` (None for an
+    amount-only earn); ``returned`` is JSON {line_id: quantity} of every
+    refund applied; ``earn_reversed`` and ``redeem_returned`` are what those
+    refunds took back and gave back, so a void reverses only what is left.
+    """
 
     store_id: str
     sale_id: str
@@ -111,6 +123,10 @@ class SaleState:
     redeemed: int
     voided_by: str | None
     voided_at: int | None
+    basis: bytes | None = None
+    returned: str = "{}"
+    earn_reversed: int = 0
+    redeem_returned: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +176,69 @@ class ConflictRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class MismatchRecord:
+    """An op the cloud applied as the edge computed it, while its own
+    computation gave another number (``cloud_points`` None: it could not
+    compute, e.g. an unknown program version). For refunds and voids the
+    points are the net change before the refund policy."""
+
+    store_id: str
+    op_id: str
+    customer_id: str
+    sale_id: str | None
+    kind: str
+    program_version: int | None
+    edge_points: int
+    cloud_points: int | None
+    reason: str
+    at: int
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class ShortfallRecord:
+    """A reversal the refund policy could not take in full (``clamp``: the
+    points not taken back) or took below zero (``negative``: how far)."""
+
+    store_id: str
+    op_id: str
+    customer_id: str
+    sale_id: str
+    kind: str
+    policy: str
+    points: int
+    balance_after: int
+    at: int
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class AdjustmentRecord:
+    """An operator's manual adjustment in the cloud, with its ledger entry's op id."""
+
+    op_id: str
+    brand_id: str
+    customer_id: str
+    points: int
+    reason: str
+    actor: str
+    operator_id: str | None
+    balance_after: int
+    version: int
+    at: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExpirySummary:
+    """What one expiry run did (every brand whose program sets an expiry)."""
+
+    brands: int
+    customers_checked: int
+    customers_expired: int
+    points_expired: int
+
+
+@dataclass(frozen=True, slots=True)
 class LedgerState:
     """Everything a batch's ops can read, loaded in a few set-based queries."""
 
@@ -182,6 +261,8 @@ class BatchOutcome:
     entries: tuple[LedgerEntry, ...]
     conflicts: tuple[ConflictRecord, ...]
     counter: int
+    mismatches: tuple[MismatchRecord, ...] = ()
+    shortfalls: tuple[ShortfallRecord, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +290,8 @@ class DownlinkPage:
     customers: tuple[CustomerState, ...]
     counter: int
     program: Program | None
+    #: customer_id -> (expires_at, points) of upcoming expiries (empty without an expiry policy)
+    expiring: Mapping[str, tuple[tuple[int, int], ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +318,24 @@ def astuple(obj: Any) -> tuple[Any, ...]:
 # ---- row mapping shared by the backends (the SQL differs, the rows do not)
 
 Row = tuple[Any, ...]
+
+
+#: The customers table's columns, in CustomerState's field order.
+CUSTOMER_COLUMNS = (
+    "customer_id, brand_id, name, phone, email, card_code, consent, balance, version,"
+    " enrolled_store, created_at, updated_at, groups, opted_out"
+)
+
+
+def customer_from_row(row: Row) -> CustomerState:
+    """A customers row in column order (SQLite gives opted_out as 0/1)."""
+    return CustomerState(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], row[10],
+                         row[11], row[12], bool(row[13]))
+
+
+def sale_from_row(row: Row) -> SaleState:
+    basis = None if row[7] is None else bytes(row[7])
+    return SaleState(row[0], row[1], row[2], row[3], row[4], row[5], row[6], basis, row[8], row[9], row[10])
 
 
 def program_from_row(row: Row | None) -> Program | None:

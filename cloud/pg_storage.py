@@ -41,24 +41,26 @@ from protocol import Program
 
 from .engagement_store import SqlEngagement, insert_consents, insert_messages
 from .errors import StoreError
-from .ledger import SqlLedger, program_in
+from .ledger import SqlLedger, programs_by_version
 from .migrations import pending
 from .model import (
     BatchCommit,
     ChainHead,
-    CustomerState,
     LedgerState,
     OpRecord,
-    SaleState,
     StoredBatch,
     astuple,
+    customer_from_row,
+    sale_from_row,
 )
 from .pg_schema import (
     CUSTOMER,
     INSERT_CONFLICTS,
     INSERT_CUSTOMERS,
     INSERT_ENTRIES,
+    INSERT_MISMATCHES,
     INSERT_OPS,
+    INSERT_SHORTFALLS,
     MIGRATION_LOCK,
     MIGRATIONS,
     MIGRATIONS_TABLE,
@@ -182,13 +184,13 @@ class _PgTx:
         return LedgerState(
             program_version=program[0][0],
             counter=counter[0][0],
-            customers={r[0]: CustomerState(*r) for r in customers},
-            sales={r[1]: SaleState(*r) for r in sales},
+            customers={r[0]: customer_from_row(r) for r in customers},
+            sales={r[1]: sale_from_row(r) for r in sales},
             ops={r[0]: OpRecord(r[0], bytes(r[1]), *r[2:]) for r in ops},
         )
 
-    async def program(self, brand_id: str) -> Program | None:
-        return await program_in(_PgSession(self._conn), brand_id)
+    async def load_programs(self, brand_id: str, versions: Sequence[int]) -> dict[int, Program]:
+        return await programs_by_version(_PgSession(self._conn), brand_id, versions)
 
     async def save_batch(self, commit: BatchCommit) -> None:
         conn, out = self._conn, commit.outcome
@@ -204,6 +206,8 @@ class _PgTx:
         await _many(conn, INSERT_CONFLICTS, out.conflicts)
         await insert_messages(_PgSession(conn), commit.messages)
         await insert_consents(_PgSession(conn), commit.consents)
+        await _many(conn, INSERT_MISMATCHES, out.mismatches)
+        await _many(conn, INSERT_SHORTFALLS, out.shortfalls)
         await _fetch(
             conn,
             "INSERT INTO batches (store_id, seq, hash, body, ack, at, received_at)"

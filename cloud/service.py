@@ -16,6 +16,7 @@ checks around them, in this order (nothing is written on any refusal):
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from protocol import (
     CustomerRecord,
     Downlink,
     MessageType,
+    Op,
     OpStatus,
     ProtocolError,
     Pull,
@@ -38,12 +40,13 @@ from protocol import (
     open_envelope,
     seal,
 )
+from protocol.refunds import basis_version
 
 from .cloud_keyring import KeyChain, reseal
 from .errors import HttpError, StoreError
 from .keys import CloudKey
 from .messages import batch_effects, needs_program
-from .model import BatchCommit, CustomerState, KeyRecord
+from .model import BatchCommit, CustomerState, KeyRecord, LedgerState
 from .reconciler import reconcile
 from .storage import Storage
 from .store_keys_model import check_key_usable
@@ -148,13 +151,16 @@ class SyncService:
                 customer_ids=[op.customer_id for op in ops],
                 sale_ids=[sid for op in ops if isinstance(sid := getattr(op, "sale_id", None), str)],
             )
+            programs = await tx.load_programs(head.brand_id, sorted(_versions(ops, state)))
             now = self.clock()
             outcome = reconcile(
-                store_id=batch.store_id, brand_id=head.brand_id, seq=batch.seq, ops=ops, state=state, now=now
+                store_id=batch.store_id, brand_id=head.brand_id, seq=batch.seq, ops=ops, state=state, now=now,
+                programs=programs,
             )
             ack = Ack(batch.store_id, batch.seq, digest, now, outcome.results, outcome.balances)
             sealed = seal(MessageType.ACK, encode_ack(ack), self.cloud_key.private, self.cloud_key.key_id)
-            program = await tx.program(head.brand_id) if needs_program(outcome) else None
+            current = state.program_version
+            program = programs.get(current) if current is not None and needs_program(outcome) else None
             effects = batch_effects(outcome, program)
             await tx.save_batch(
                 BatchCommit(
@@ -172,12 +178,15 @@ class SyncService:
                 )
             )
         log.info(
-            "store %s batch %d: %d ops, %d refused, %d applied with a note (see ops.note)",
+            "store %s batch %d: %d ops, %d refused, %d applied with a note (see ops.note), %d mismatches,"
+            " %d shortfalls",
             batch.store_id,
             batch.seq,
             len(ops),
             sum(1 for r in outcome.results if r.status is OpStatus.REFUSED),
             sum(1 for r in outcome.ops if r.note is not None),
+            len(outcome.mismatches),
+            len(outcome.shortfalls),
         )
         return sealed
 
@@ -206,7 +215,7 @@ class SyncService:
 
     async def _downlink(self, pull: Pull, brand_id: str, now: int) -> Downlink:
         page = await self.storage.downlink_page(brand_id, pull.cursor, pull.limit)
-        customers = tuple(_record(c) for c in page.customers)
+        customers = tuple(_record(c, page.expiring.get(c.customer_id, ())) for c in page.customers)
         more = len(customers) == pull.limit
         if more:
             to_cursor = customers[-1].version
@@ -232,5 +241,16 @@ class SyncService:
         )
 
 
-def _record(c: CustomerState) -> CustomerRecord:
-    return CustomerRecord(c.customer_id, c.name, c.phone, c.email, c.card_code, c.balance, c.version)
+def _versions(ops: tuple[Op, ...], state: LedgerState) -> set[int]:
+    """The program versions a batch needs: those its ops name, its sales' earns were rated with, the current."""
+    versions = {v for op in ops if isinstance(v := getattr(op, "program_version", None), int)}
+    versions.update(basis_version(s.basis) for s in state.sales.values() if s.basis is not None)
+    if state.program_version is not None:
+        versions.add(state.program_version)
+    return versions
+
+
+def _record(c: CustomerState, expiring: tuple[tuple[int, int], ...]) -> CustomerRecord:
+    groups = tuple(json.loads(c.groups))
+    return CustomerRecord(c.customer_id, c.name, c.phone, c.email, c.card_code, c.balance, c.version, groups,
+                          c.opted_out, expiring)

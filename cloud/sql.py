@@ -48,6 +48,16 @@ class Dialect:
         """A list parameter for :meth:`any_of`."""
         return json.dumps(list(values)) if self.sqlite else list(values)
 
+    def any_int(self, column: str, n: int) -> str:
+        """``column`` is one of the integers in parameter ``$n`` (pass ``self.ints(...)``)."""
+        if self.sqlite:
+            return f"{column} IN (SELECT value FROM json_each(${n}))"
+        return f"{column} = ANY(${n}::bigint[])"
+
+    def ints(self, values: Sequence[int]) -> Any:
+        """A list parameter for :meth:`any_int`."""
+        return json.dumps(list(values)) if self.sqlite else list(values)
+
     @property
     def for_update(self) -> str:
         """A row lock; SQLite has one writer, so its transactions need none."""

@@ -145,8 +145,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                 revoked_at INTEGER
             )""",
         ),
-    ),
-    Migration(
+    ),    Migration(
         "0004_messages_and_portal",
         (
             # The outbox: written in the transaction of the event that causes a message, unique per
@@ -251,6 +250,67 @@ MIGRATIONS: tuple[Migration, ...] = (
                 overlap_ms INTEGER NOT NULL,
                 created_at INTEGER NOT NULL
             )""",
+        ),
+    ),
+    Migration(
+        "0006_loyalty_ops",
+        (
+            # Customer groups (JSON list) and opt-out: what the earning rules check.
+            "ALTER TABLE customers ADD COLUMN groups TEXT NOT NULL DEFAULT '[]'",
+            "ALTER TABLE customers ADD COLUMN opted_out INTEGER NOT NULL DEFAULT 0",
+            # The earn's basis (sale, version, rated customer) and what refunds took back, per sale.
+            "ALTER TABLE sales ADD COLUMN basis BLOB",
+            "ALTER TABLE sales ADD COLUMN returned TEXT NOT NULL DEFAULT '{}'",
+            "ALTER TABLE sales ADD COLUMN earn_reversed INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE sales ADD COLUMN redeem_returned INTEGER NOT NULL DEFAULT 0",
+            # Ops applied as the edge computed them while the cloud computed otherwise.
+            """CREATE TABLE mismatches (
+                id INTEGER PRIMARY KEY,
+                store_id TEXT NOT NULL,
+                op_id TEXT NOT NULL,
+                customer_id TEXT NOT NULL,
+                sale_id TEXT,
+                kind TEXT NOT NULL,
+                program_version INTEGER,
+                edge_points INTEGER NOT NULL,
+                cloud_points INTEGER,
+                reason TEXT NOT NULL,
+                at INTEGER NOT NULL,
+                created_at INTEGER NOT NULL
+            )""",
+            "CREATE INDEX mismatches_store ON mismatches (store_id)",
+            # Reversals the refund policy clamped at zero or took below zero.
+            """CREATE TABLE shortfalls (
+                id INTEGER PRIMARY KEY,
+                store_id TEXT NOT NULL,
+                op_id TEXT NOT NULL,
+                customer_id TEXT NOT NULL,
+                sale_id TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                policy TEXT NOT NULL,
+                points INTEGER NOT NULL,
+                balance_after INTEGER NOT NULL,
+                at INTEGER NOT NULL,
+                created_at INTEGER NOT NULL
+            )""",
+            "CREATE INDEX shortfalls_store ON shortfalls (store_id)",
+            # Operators' adjustments made in the cloud (the ledger entry carries the points).
+            """CREATE TABLE adjustments (
+                op_id TEXT PRIMARY KEY,
+                brand_id TEXT NOT NULL,
+                customer_id TEXT NOT NULL,
+                points INTEGER NOT NULL,
+                reason TEXT NOT NULL,
+                actor TEXT NOT NULL,
+                operator_id TEXT,
+                balance_after INTEGER NOT NULL,
+                version INTEGER NOT NULL,
+                at INTEGER NOT NULL
+            )""",
+            "CREATE INDEX adjustments_customer ON adjustments (customer_id)",
+            # A signup bonus is granted once per customer, ever: the ledger itself refuses a second.
+            "CREATE UNIQUE INDEX ledger_entries_signup_once ON ledger_entries (customer_id)"
+            " WHERE kind = 'signup_bonus'",
         ),
     ),
 )

@@ -26,17 +26,24 @@ from protocol import Program
 
 from .engagement_store import SqlEngagement, insert_consents, insert_messages
 from .errors import StoreError
-from .ledger import CONFLICT_COLUMNS, CUSTOMER_COLUMNS, SqlLedger, program_in
+from .ledger import (
+    CONFLICT_COLUMNS,
+    CUSTOMER_COLUMNS,
+    MISMATCH_COLUMNS,
+    SHORTFALL_COLUMNS,
+    SqlLedger,
+    programs_by_version,
+)
 from .migrations import pending
 from .model import (
     BatchCommit,
     ChainHead,
-    CustomerState,
     LedgerState,
     OpRecord,
-    SaleState,
     StoredBatch,
     astuple,
+    customer_from_row,
+    sale_from_row,
 )
 from .sql import SQLITE, Row, Session, to_sqlite
 from .sqlite_schema import MIGRATIONS, MIGRATIONS_TABLE
@@ -45,7 +52,10 @@ from .store_keys_store import SqlStoreKeys
 log = logging.getLogger(__name__)
 
 
-_SALE_COLS = "store_id, sale_id, customer_id, earned, redeemed, voided_by, voided_at"
+_SALE_COLS = (
+    "store_id, sale_id, customer_id, earned, redeemed, voided_by, voided_at, basis, returned, earn_reversed,"
+    " redeem_returned"
+)
 _OP_COLS = (
     "op_id, digest, store_id, seq, kind, terminal_id, customer_id, status, code, points,"
     " program_version, note, at, created_at"
@@ -152,13 +162,13 @@ class _SQLiteTx:
         return LedgerState(
             program_version=head[0][1],
             counter=head[0][0],
-            customers={r[0]: CustomerState(*r) for r in customers},
-            sales={r[1]: SaleState(*r) for r in sales},
+            customers={r[0]: customer_from_row(r) for r in customers},
+            sales={r[1]: sale_from_row(r) for r in sales},
             ops={r[0]: OpRecord(r[0], bytes(r[1]), *r[2:]) for r in ops},
         )
 
-    async def program(self, brand_id: str) -> Program | None:
-        return await program_in(_SQLiteSession(self._conn), brand_id)
+    async def load_programs(self, brand_id: str, versions: Sequence[int]) -> dict[int, Program]:
+        return await programs_by_version(_SQLiteSession(self._conn), brand_id, versions)
 
     async def save_batch(self, commit: BatchCommit) -> None:
         conn, out = self._conn, commit.outcome
@@ -170,14 +180,17 @@ class _SQLiteTx:
             f"INSERT INTO customers ({CUSTOMER_COLUMNS}) VALUES ({_marks(CUSTOMER_COLUMNS)})"
             " ON CONFLICT (customer_id) DO UPDATE SET name = excluded.name, phone = excluded.phone,"
             " email = excluded.email, card_code = excluded.card_code, balance = excluded.balance,"
-            " version = excluded.version, updated_at = excluded.updated_at",
+            " version = excluded.version, updated_at = excluded.updated_at, groups = excluded.groups,"
+            " opted_out = excluded.opted_out",
             (astuple(c) for c in out.customers),
         )
         await _many(
             conn,
             f"INSERT INTO sales ({_SALE_COLS}) VALUES ({_marks(_SALE_COLS)})"
             " ON CONFLICT (store_id, sale_id) DO UPDATE SET earned = excluded.earned,"
-            " redeemed = excluded.redeemed, voided_by = excluded.voided_by, voided_at = excluded.voided_at",
+            " redeemed = excluded.redeemed, voided_by = excluded.voided_by, voided_at = excluded.voided_at,"
+            " basis = excluded.basis, returned = excluded.returned, earn_reversed = excluded.earn_reversed,"
+            " redeem_returned = excluded.redeem_returned",
             (astuple(s) for s in out.sales),
         )
         await _many(
@@ -193,6 +206,16 @@ class _SQLiteTx:
         )
         await insert_messages(_SQLiteSession(conn), commit.messages)
         await insert_consents(_SQLiteSession(conn), commit.consents)
+        await _many(
+            conn,
+            f"INSERT INTO mismatches ({MISMATCH_COLUMNS}) VALUES ({_marks(MISMATCH_COLUMNS)})",
+            (astuple(m) for m in out.mismatches),
+        )
+        await _many(
+            conn,
+            f"INSERT INTO shortfalls ({SHORTFALL_COLUMNS}) VALUES ({_marks(SHORTFALL_COLUMNS)})",
+            (astuple(s) for s in out.shortfalls),
+        )
         await _q(
             conn,
             "INSERT INTO batches (store_id, seq, hash, body, ack, at, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",

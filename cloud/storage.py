@@ -11,7 +11,7 @@ the backend modules.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
@@ -28,6 +28,7 @@ from .engagement_model import (
     PortalSession,
 )
 from .model import (
+    AdjustmentRecord,
     BalanceMismatch,
     BatchCommit,
     BrandRecord,
@@ -35,10 +36,13 @@ from .model import (
     ConflictRecord,
     CustomerState,
     DownlinkPage,
+    ExpirySummary,
     KeyRecord,
     LedgerEntry,
     LedgerState,
+    MismatchRecord,
     OperatorRecord,
+    ShortfallRecord,
     StoredBatch,
     StoreRecord,
 )
@@ -62,8 +66,10 @@ class LedgerTx(Protocol):
         sale_ids: Sequence[str],
     ) -> LedgerState: ...
 
-    async def program(self, brand_id: str) -> Program | None:
-        """The brand's current program, read in this transaction."""
+
+    async def load_programs(self, brand_id: str, versions: Sequence[int]) -> Mapping[int, Program]:
+        """The brand's program at each of ``versions`` (the ones that exist)."""
+        ...
 
     async def save_batch(self, commit: BatchCommit) -> None: ...
 
@@ -107,6 +113,14 @@ class Storage(Protocol):
     async def list_stores(self) -> list[StoreRecord]: ...
 
     async def list_conflicts(self, store_id: str | None = None) -> list[ConflictRecord]: ...
+
+    async def list_mismatches(self, store_id: str | None = None) -> list[MismatchRecord]:
+        """Ops applied as the edge computed them while the cloud computed otherwise."""
+        ...
+
+    async def list_shortfalls(self, store_id: str | None = None) -> list[ShortfallRecord]:
+        """Reversals the refund policy clamped at zero or took below zero."""
+        ...
 
     async def audit_balances(self) -> list[BalanceMismatch]: ...
 
@@ -208,3 +222,13 @@ class Storage(Protocol):
 
     async def prune_portal(self, now: int, limit_window_ms: int) -> int:
         """Delete expired codes and sessions and stale counters; how many rows went."""
+
+    # ---- balance changes made in the cloud (each goes down to the edges as a new customer version)
+    async def adjust_balance(
+        self, brand_id: str, customer_id: str, points: int, reason: str, actor: str, now: int,
+        operator_id: str | None = None,
+    ) -> AdjustmentRecord: ...
+
+    async def run_expiry(self, now: int) -> ExpirySummary:
+        """Expire every point due at ``now``; idempotent, safe to run twice or to interrupt."""
+        ...

@@ -126,6 +126,22 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        "0003_loyalty_ops",
+        """
+        ALTER TABLE customers ADD COLUMN groups TEXT NOT NULL DEFAULT '[]';
+        ALTER TABLE customers ADD COLUMN opted_out INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE customers ADD COLUMN expiring TEXT NOT NULL DEFAULT '[]';
+        ALTER TABLE sales ADD COLUMN basis BLOB;
+        ALTER TABLE sales ADD COLUMN returned TEXT NOT NULL DEFAULT '{}';
+        ALTER TABLE sales ADD COLUMN earn_reversed INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE sales ADD COLUMN redeem_returned INTEGER NOT NULL DEFAULT 0;
+        CREATE TABLE programs (
+            version INTEGER PRIMARY KEY,
+            body BLOB NOT NULL
+        );
+        """,
+    ),
 ]
 
 

@@ -25,8 +25,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from .envelope import MAX_ENVELOPE_BYTES, MessageType, open_envelope, safe_unpackb, seal
 from .errors import LocalProtocolError, RemoteProtocolError
+from .expiry import MAX_EXPIRING
 from .ids import is_uuid
-from .ops import MAX_TIME_MS, MIN_TIME_MS, Op, op_from_wire
+from .ops import MAX_TIME_MS, MIN_TIME_MS, Op, check_groups, op_from_wire
 from .rules import Program
 from .validate import MAX_POINTS, check_range, check_text, check_types, fields_of, to_wire
 
@@ -186,7 +187,11 @@ class Pull:
 
 @dataclass(frozen=True, slots=True)
 class CustomerRecord:
-    """A customer as the cloud knows it, with the confirmed balance."""
+    """A customer as the cloud knows it, with the confirmed balance.
+
+    ``expiring`` is (expires_at, points) of the balance's upcoming expiries,
+    nearest first (see ``protocol.expiry.upcoming``).
+    """
 
     customer_id: str
     name: str
@@ -195,6 +200,9 @@ class CustomerRecord:
     card_code: str | None
     balance: int
     version: int
+    groups: tuple[str, ...] = ()
+    opted_out: bool = False
+    expiring: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -205,6 +213,12 @@ class CustomerRecord:
         check_text("card_code", self.card_code, 64)
         check_range("balance", self.balance, -(2**62), 2**62)
         check_range("version", self.version, 1, 2**62)
+        check_groups("groups", self.groups)
+        if len(self.expiring) > MAX_EXPIRING:
+            raise LocalProtocolError(f"at most {MAX_EXPIRING} expiries", code="out_of_range", field="expiring")
+        for at, points in self.expiring:
+            _check_time("expiring", at)
+            check_range("expiring", points, 1, MAX_POINTS)
 
 
 @dataclass(frozen=True, slots=True)

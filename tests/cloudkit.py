@@ -60,7 +60,7 @@ BRAND = "acme"
 OTHER_BRAND = "zeta"
 TABLES = (
     "brands", "programs", "stores", "store_keys", "customers", "sales", "ops",
-    "ledger_entries", "conflicts", "batches", "counters", "operators",
+    "ledger_entries", "conflicts", "batches", "counters", "operators", "mismatches", "shortfalls", "adjustments",
     "messages", "consents", "otp_challenges", "portal_limits", "portal_sessions", "claim_tokens", "cloud_keys",
 )
 
@@ -122,9 +122,11 @@ def redeem(customer_id: str, sale_id: str, points: int, *, program_version: int 
                   sale_id=sale_id, points=points, program_version=program_version)
 
 
-def void(customer_id: str, sale_id: str, reversed_points: int, returned_points: int) -> Void:
+def void(customer_id: str, sale_id: str, reversed_points: int, returned_points: int,
+         program_version: int | None = None) -> Void:
     return Void(op_id=new_id(), at=now_ms(), terminal_id=TERMINAL, customer_id=customer_id,
-                sale_id=sale_id, reversed_points=reversed_points, returned_points=returned_points)
+                sale_id=sale_id, reversed_points=reversed_points, returned_points=returned_points,
+                program_version=program_version)
 
 
 def adjust(customer_id: str, points: int) -> Adjust:

@@ -29,7 +29,9 @@ from protocol import (
     ProtocolError,
     Pull,
     Redeem,
+    Refund,
     UpdateProfile,
+    Void,
     body_hash,
     decode_ack,
     decode_batch,
@@ -70,13 +72,16 @@ from protocol.key_messages import (
     seal_cloud_key,
     seal_store_key_rotation,
 )
+from protocol.sale import Sale, SaleLine, SaleState, Tender, TenderKind
 
 T0 = 1_767_225_600_000
 KEY = private_key_from_seed(bytes(range(32)))
 KEY_ID = key_id_for(KEY.public_key())
 CUSTOMER = "11111111-2222-4333-8444-555555555555"
 COMMON: dict[str, Any] = {"terminal_id": "01234567-89ab-4cde-8f01-23456789abcd", "customer_id": CUSTOMER}
-OP_IDS = [f"019b76da-a80{i}-7000-8000-00000000000{i}" for i in range(4)]
+OP_IDS = [f"019b76da-a80{i}-7000-8000-00000000000{i}" for i in range(7)]
+SALE = Sale("S-3", (SaleLine("1", "latte", "drink", 2, 450, 50, 60), SaleLine("2", "mug", None, 1, 900, 0, 0)), 100,
+            (Tender(TenderKind.LOYALTY, 200), Tender(TenderKind.CARD, 1_610, "tok_9")), SaleState.CLOSED)
 BATCH = Batch(
     store_id="store-1",
     node_id="0f0e0d0c-0b0a-4908-8706-050403020100",
@@ -93,7 +98,14 @@ BATCH = Batch(
             op_id=OP_IDS[1], at=T0, **COMMON, name=None, phone=None, email=None, card_code="C-1", clear=("email",)
         ),
         Earn(op_id=OP_IDS[2], at=T0, **COMMON, sale_id="S-1", amount=1250, points=12, program_version=1),
-        Redeem(op_id=OP_IDS[3], at=T0, **COMMON, sale_id="S-2", points=10, program_version=1),
+        Redeem(op_id=OP_IDS[3], at=T0, **COMMON, sale_id="S-2", points=10, program_version=1,
+               rewards=(("coffee", 2),)),
+        Earn(op_id=OP_IDS[4], at=T0, **COMMON, sale_id="S-3", amount=SALE.total, points=16, program_version=1,
+             sale=SALE),
+        Refund(op_id=OP_IDS[5], at=T0, **COMMON, sale_id="S-3", lines=(("1", 1),), reversed_points=4,
+               returned_points=1, program_version=1),
+        Void(op_id=OP_IDS[6], at=T0, **COMMON, sale_id="S-3", reversed_points=12, returned_points=0,
+             program_version=1),
     ),
 )
 ACK = Ack(
@@ -115,7 +127,8 @@ DOWNLINK = Downlink(
     to_cursor=7,
     more=True,
     at=T0,
-    customers=(CustomerRecord(CUSTOMER, "Ana", None, "a@b.pt", "C-1", 12, 7),),
+    customers=(CustomerRecord(CUSTOMER, "Ana", None, "a@b.pt", "C-1", 12, 7, ("staff", "vip"), True,
+                              ((T0 + 1, 5), (T0 + 86_400_001, 7))),),
     program=Program("brand-1", 1, "Points", 1, 100),
     cloud_keys=(CLOUD_KEY_ENVELOPE,),
 )
