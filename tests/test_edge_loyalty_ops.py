@@ -198,7 +198,7 @@ async def test_expired_points_are_never_available_offline(edge: tuple[web.Applic
     # The cloud says: 100 points, 30 expiring in 10 days, 50 in 40 days (it has not run expiry since).
     record = CustomerRecord(cid, "Eve", customer["phone"], None, None, 100, 7, (), False,
                             ((NOW + 10 * DAY_MS, 30), (NOW + 40 * DAY_MS, 50)))
-    downlink = Downlink("store-1", bytes(16), 0, 7, False, NOW, (record,), None)
+    downlink = Downlink("store-1", bytes(16), 0, 7, False, NOW, (record,), None, ())
     assert await app[STORE].write(apply_downlink(downlink, NOW))
     profile = (await terminal.call("GET", f"/v1/customers/{cid}"))[1]
     assert (profile["balance"]["available"], profile["expiring_soon"]) == (100, 30)
