@@ -28,9 +28,9 @@ sys.path.insert(0, str(ROOT))
 from edge.config import EdgeConfig, build_config, write_config  # noqa: E402
 from edge.db import connect, migrate  # noqa: E402
 from edge.keyfile import create_key  # noqa: E402
-from edge.store import set_meta  # noqa: E402
+from edge.store import save_program, set_meta  # noqa: E402
 from edge.terminals import create_pairing_code  # noqa: E402
-from protocol import uuid7  # noqa: E402
+from protocol import Program, uuid7  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -80,15 +80,14 @@ def populate_edge(data: Path, customers: int, cloud_url: str, cloud_key_hex: str
     write_config(data / "edge.toml", config)
     conn = connect(config.db_path)
     migrate(conn)
-    import msgpack
-
+    from bench.rules_bench import SETTINGS as RULES_SETTINGS
     from protocol.normalize import name_key
 
     now = int(time.time() * 1000)
     conn.execute("BEGIN IMMEDIATE")
     set_meta(conn, "node_id", uuid7(now))
-    set_meta(conn, "program", msgpack.packb({"brand_id": "bench", "version": 1, "name": "Bench",
-                                             "points_per_unit": 1, "unit_amount": 100}))
+    # The rules benchmark's program: whole-sale earns run every rule on every earn.
+    save_program(conn, Program("bench", 1, "Bench", 1, 100, RULES_SETTINGS))
     conn.executemany(
         "INSERT INTO customers (customer_id, name, name_key, phone, email, card_code, confirmed, version, "
         "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?)",
@@ -185,6 +184,10 @@ def main() -> int:
                 runs = [wrk("earn.lua", edge_url, conns, args.seconds, {**env, "BENCH_RUN": f"r{conns}-{i}"})
                         for i in range(args.repeats)]
                 results[f"earn_{conns}"] = median_run(runs)
+            for conns in (8, 64):
+                runs = [wrk("earn_sale.lua", edge_url, conns, args.seconds, {**env, "BENCH_RUN": f"s{conns}-{i}"})
+                        for i in range(args.repeats)]
+                results[f"sale_earn_{conns}"] = median_run(runs)
             # The same figures with a Python client sharing the cores, as the references were taken.
             for conns in (8, 64):
                 bare = [pyload("bare", bare_url, conns, args.seconds, "", args.customers, "b")
@@ -224,6 +227,10 @@ def print_report(r: dict[str, Any]) -> None:
         e = r[f"earn_{conns}"]
         lines.append(f"  durable earns,   {conns:>2} terminals: {e['rps']:>8.0f} req/s  p50 {ms(e['p50_us'])}"
                      f"  p99 {ms(e['p99_us'])}  errors {e['errors_status'] + e['errors_other']}")
+    for conns in (8, 64):
+        e = r[f"sale_earn_{conns}"]
+        lines.append(f"  whole-sale earns (rules, sale kept), {conns:>2} terminals: {e['rps']:>6.0f} req/s"
+                     f"  p50 {ms(e['p50_us'])}  p99 {ms(e['p99_us'])}  errors {e['errors_status'] + e['errors_other']}")
     lines.append("  with a Python aiohttp client as load generator instead of wrk:")
     for conns in (8, 64):
         b, lk, e = r[f"py_bare_{conns}"], r[f"py_lookup_{conns}"], r[f"py_earn_{conns}"]
@@ -233,7 +240,9 @@ def print_report(r: dict[str, Any]) -> None:
         lines.append(f"  durable earns,   {conns:>2} terminals: {e['rps']:>8.0f} req/s  p50 {ms(e['p50_us'])}"
                      f"  p99 {ms(e['p99_us'])}  errors {e['errors_status']}")
     lines.append(f"  earning rules, {r['rules']['lines']}-line basket with promotions: "
-                 f"{r['rules']['rules_us_per_earn_median']} µs per earn (median)")
+                 f"{r['rules']['rules_us_per_earn_median']} µs per earn, its basis for refunds"
+                 f" {r['rules']['basis_us_per_earn_median']} µs, a one-line refund"
+                 f" {r['rules']['refund_us_median']} µs (medians)")
     if "sync" in r:
         s = r["sync"]
         lines.append(f"  sync of {s['ops']:,} queued ops to the cloud: {s['seconds']:.1f} s"

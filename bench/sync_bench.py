@@ -13,7 +13,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from edge import writes
+from edge import sale_writes, writes
 from edge.cloud_client import CloudClient
 from edge.db import connect, migrate
 from edge.keyfile import create_key
@@ -21,6 +21,7 @@ from edge.outbox import Identity
 from edge.store import EdgeStore, set_meta
 from edge.sync import SyncTask
 from protocol import Consent, Earn, Enroll, key_id_for, load_public_key, public_bytes, uuid7
+from protocol.earning import Customer
 
 BIN = Path(sys.executable).parent
 
@@ -46,7 +47,7 @@ def _queue_ops(db: Path, total: int, customers: int) -> None:
         amount = 100 + n % 5000
         op = Earn(op_id=uuid7(now), at=now, terminal_id=terminal, customer_id=ids[n % customers],
                   sale_id=f"sale-{n}", amount=amount, points=amount // 100, program_version=1)
-        writes.earn(op)(conn)
+        sale_writes.earn(op, Customer())(conn)
     conn.execute("COMMIT")
     conn.close()
 

@@ -20,10 +20,10 @@ from aiohttp import web
 
 from protocol.rules import Program
 
-from .api import CLOCK, STORAGE
+from .api import CLOCK, STORAGE, read_bounded
 from .checks import check_id
-from .errors import ConfigError, HttpError
-from .model import OperatorRecord
+from .errors import ConfigError, HttpError, NotFound, Refused
+from .model import AdjustmentRecord, OperatorRecord
 
 PREFIX = "/v1/admin/"
 MAX_JSON_BYTES = 64 * 1024
@@ -84,18 +84,9 @@ async def read_json(request: web.Request, limit: int = MAX_JSON_BYTES) -> dict[s
     """A JSON object body, refused (413) as soon as it is known to exceed ``limit``."""
     if request.content_type != "application/json":
         raise HttpError(415, "unsupported_media_type", "send Content-Type: application/json", field="content_type")
-    length = request.content_length
-    if length is not None and length > limit:
-        raise HttpError(413, "too_large", f"body of {length} bytes exceeds {limit}", extra={"limit": limit})
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise HttpError(413, "too_large", f"body exceeds {limit} bytes", extra={"limit": limit})
-        chunks.append(chunk)
+    data = await read_bounded(request, limit)
     try:
-        body = json.loads(b"".join(chunks), parse_constant=_no_constant)
+        body = json.loads(data, parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:
         raise HttpError(400, "invalid_json", f"the body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
@@ -173,12 +164,45 @@ async def put_program(request: web.Request) -> web.Response:
     return web.json_response(program_json(program), status=201)
 
 
+def adjustment_json(record: AdjustmentRecord) -> dict[str, Any]:
+    return {"op_id": record.op_id, "customer_id": record.customer_id, "points": record.points,
+            "reason": record.reason, "actor": record.actor, "operator_id": record.operator_id,
+            "balance": record.balance_after, "version": record.version, "at": record.at}
+
+
+async def post_adjustment(request: web.Request) -> web.Response:
+    """A manual adjustment with a reason; the actor is the operator unless the body names one.
+    It reaches every edge of the brand with their next pull, like any balance change."""
+    brand_id = brand_of(request)
+    body = await read_json(request)
+    check_fields(body, {"points", "reason"}, frozenset({"actor"}))
+    if type(body["points"]) is not int:
+        raise HttpError(400, "invalid_type", "points must be an integer", field="points")
+    for name in ("reason", "actor"):
+        if name in body and not isinstance(body[name], str):
+            raise HttpError(400, "invalid_type", f"{name} must be a string", field=name)
+    operator = request[OPERATOR]
+    try:
+        record = await request.app[STORAGE].adjust_balance(
+            brand_id, request.match_info["customer_id"], body["points"], body["reason"],
+            body.get("actor", operator.name), request.app[CLOCK](), operator_id=operator.operator_id,
+        )
+    except NotFound as exc:
+        raise HttpError(404, "unknown_customer", exc.message, field=exc.field) from exc
+    except Refused as exc:
+        raise HttpError(422, exc.code or "refused", exc.message, field=exc.field) from exc
+    except ConfigError as exc:
+        raise config_error(exc) from exc
+    return web.json_response(adjustment_json(record), status=201)
+
+
 async def list_stores(request: web.Request) -> web.Response:
     only = visible_brands(request)
     stores = [s for s in await request.app[STORAGE].list_stores() if only is None or s.brand_id == only]
     return web.json_response({"stores": [
         {"store_id": s.store_id, "brand_id": s.brand_id, "last_seq": s.last_seq, "key_ids": list(s.key_ids),
-         "created_at": s.created_at} for s in stores]})
+         "created_at": s.created_at, "revoked_at": s.revoked_at, "revoke_reason": s.revoke_reason}
+        for s in stores]})
 
 
 def add_routes(app: web.Application) -> None:
@@ -186,3 +210,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get(PREFIX + "brands/{brand_id}/program", get_program)
     app.router.add_put(PREFIX + "brands/{brand_id}/program", put_program)
     app.router.add_get(PREFIX + "stores", list_stores)
+    app.router.add_post(PREFIX + "brands/{brand_id}/customers/{customer_id}/adjustments", post_adjustment)

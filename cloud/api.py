@@ -79,6 +79,12 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         raise HttpError(
             415, "unsupported_media_type", f"send Content-Type: {MSGPACK}", field="content_type"
         )
+    return await read_bounded(request, limit)
+
+
+async def read_bounded(request: web.Request, limit: int) -> bytes:
+    """The whole body, refused with 413 as soon as it is known to exceed ``limit``
+    (Content-Length first, then while reading: chunked bodies have none)."""
     length = request.content_length
     if length is not None and length > limit:
         raise HttpError(413, "too_large", f"body of {length} bytes exceeds {limit}", extra={"limit": limit})

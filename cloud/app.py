@@ -22,8 +22,9 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from . import admin_api, report_api
+from . import admin_api, enrollment_api, report_api
 from .api import CLOCK, CLOUD_KEY, MAX_BATCH_BYTES, SERVICE, STORAGE, add_routes, error_middleware
+from .engagement import Engagement, add_engagement
 from .handoff import Handoff
 from .keys import CloudKey
 from .metrics import METRICS, CloudMetrics, MeteredSyncService, metrics_handler
@@ -48,6 +49,7 @@ def make_app(
     clock: Callable[[], int] = wall_clock_ms,
     workers: int = 1,
     ack_wait: float = ACK_WAIT,
+    engagement: Engagement | None = None,
 ) -> web.Application:
     # The envelope bound plus room for headers' worth of slack; read_body enforces the exact limits.
     app = web.Application(middlewares=[error_middleware, admin_api.admin_auth], client_max_size=MAX_BATCH_BYTES + 1024)
@@ -97,8 +99,11 @@ def make_app(
     app.cleanup_ctx.append(service_ctx)
     add_routes(app)
     admin_api.add_routes(app)
+    enrollment_api.add_routes(app)
     report_api.add_routes(app)
     app.router.add_get("/metrics", metrics_handler)
+    if engagement is not None:  # the portal and the message dispatcher, once the ledger is open
+        add_engagement(app, engagement)
     return app
 
 

@@ -40,6 +40,10 @@ class AlreadyExists(ConfigError):
     """A brand, store or key named by the operator already exists."""
 
 
+class Refused(ConfigError):
+    """A well-formed operator request a business rule refuses (e.g. a debit above the balance)."""
+
+
 class HttpError(CloudError):
     """A request refused with a status, a machine code and a human message.
 

@@ -8,45 +8,58 @@ batch path. Every check raises before a row is written.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 
-from protocol import GENESIS_HASH, Program
+from protocol import GENESIS_HASH, LocalProtocolError, Program
+from protocol.expiry import ExpiryMode
+from protocol.validate import MAX_POINTS, check_range, check_text
 
-from . import checks
-from .errors import AlreadyExists, NotFound, StoreError
+from . import balances, checks
+from .errors import AlreadyExists, ConfigError, NotFound, StoreError
 from .ledger_periodic import PeriodicLedger
 from .ledger_reports import ReportLedger
 from .model import (
+    CUSTOMER_COLUMNS,
+    AdjustmentRecord,
     BalanceMismatch,
     BrandRecord,
     Claim,
     ConflictRecord,
-    CustomerState,
     DownlinkPage,
+    ExpirySummary,
     InboxBatch,
     KeyRecord,
+    MismatchRecord,
     OperatorRecord,
     Receipt,
     Received,
+    ShortfallRecord,
     StoreRecord,
     StoreSync,
     claim_from_row,
+    customer_from_row,
     key_from_row,
     program_from_row,
     stores_from_rows,
 )
 from .sql import Session, one
 
-CUSTOMER_COLUMNS = (
-    "customer_id, brand_id, name, phone, email, card_code, consent, balance, version,"
-    " enrolled_store, created_at, updated_at"
-)
+__all__ = ["CONFLICT_COLUMNS", "CUSTOMER_COLUMNS", "MISMATCH_COLUMNS", "SHORTFALL_COLUMNS", "SqlLedger",
+           "programs_by_version"]
+
 CONFLICT_COLUMNS = (
     "store_id, terminal_id, customer_id, op_id, kind, points_requested, balance_available, at, created_at"
 )
+MISMATCH_COLUMNS = (
+    "store_id, op_id, customer_id, sale_id, kind, program_version, edge_points, cloud_points, reason, at, created_at"
+)
+SHORTFALL_COLUMNS = "store_id, op_id, customer_id, sale_id, kind, policy, points, balance_after, at, created_at"
+#: Customers an expiry transaction locks at once: short waits for the batches behind it.
+EXPIRY_CHUNK = 200
 KEY_SELECT = (
-    "SELECT k.key_id, k.store_id, s.brand_id, k.public_key, k.created_at, k.revoked_at"
-    " FROM store_keys k JOIN stores s ON s.store_id = k.store_id"
+    "SELECT k.key_id, k.store_id, s.brand_id, k.public_key, k.created_at, k.revoked_at, k.expires_at,"
+    " k.replaced_by, s.revoked_at, s.revoke_reason FROM store_keys k JOIN stores s ON s.store_id = k.store_id"
 )
 _OPERATOR_SELECT = "SELECT operator_id, name, brand_id, created_at, revoked_at FROM operators"
 #: The oldest inbox batch that is next in its store's chain, with the store's applied head.
@@ -62,6 +75,41 @@ _PROGRAM_SELECT = (
     "SELECT brand_id, version, name, points_per_unit, unit_amount, settings FROM programs"
     " WHERE brand_id = $1 ORDER BY version DESC LIMIT 1"
 )
+
+
+async def programs_by_version(q: Session, brand_id: str, versions: Sequence[int]) -> dict[int, Program]:
+    """The brand's program at each of ``versions`` that exists (versions are never rewritten)."""
+    wanted = sorted(set(versions))
+    if not wanted:
+        return {}
+    rows = await q.fetch(
+        "SELECT brand_id, version, name, points_per_unit, unit_amount, settings FROM programs"
+        f" WHERE brand_id = $1 AND {q.dialect.any_int('version', 2)}",
+        brand_id, q.dialect.ints(wanted),
+    )
+    return {r[1]: Program(*r) for r in rows}
+
+
+async def insert_store(q: Session, store_id: str, brand_id: str, now: int) -> None:
+    """A new store's rows: its applied chain head and its received one (empty), in ``q``'s transaction."""
+    await q.fetch(
+        "INSERT INTO stores (store_id, brand_id, last_seq, last_hash, created_at) VALUES ($1, $2, 0, $3, $4)",
+        store_id, brand_id, GENESIS_HASH, now,
+    )
+    await q.fetch(
+        "INSERT INTO store_sync (store_id, received_seq, received_hash) VALUES ($1, 0, $2)", store_id, GENESIS_HASH
+    )
+
+
+def _check_adjustment(points: int, reason: str, actor: str) -> None:
+    try:
+        check_range("points", points, -MAX_POINTS, MAX_POINTS)
+        if points == 0:
+            raise LocalProtocolError("points must not be zero", code="out_of_range", field="points")
+        check_text("reason", reason, 500, required=True)
+        check_text("actor", actor, 100, required=True)
+    except LocalProtocolError as exc:
+        raise ConfigError(exc.message, field=exc.field, code=exc.code) from exc
 
 
 class SqlLedger(PeriodicLedger, ReportLedger):
@@ -93,7 +141,11 @@ class SqlLedger(PeriodicLedger, ReportLedger):
             )
             counter = one(await q.fetch("SELECT value FROM brand_counters WHERE brand_id = $1", brand_id))
             program = program_from_row(one(await q.fetch(_PROGRAM_SELECT, brand_id)))
-        return DownlinkPage(tuple(CustomerState(*r) for r in rows), 0 if counter is None else counter[0], program)
+            customers = tuple(customer_from_row(r) for r in rows)
+            expiring = {} if program is None else await balances.expiring_of(
+                q, [c.customer_id for c in customers], program.options.expiry
+            )
+        return DownlinkPage(customers, 0 if counter is None else counter[0], program, expiring)
 
     async def current_program(self, brand_id: str) -> Program | None:
         async with self._read() as q:
@@ -107,7 +159,8 @@ class SqlLedger(PeriodicLedger, ReportLedger):
     async def list_stores(self) -> list[StoreRecord]:
         async with self._read() as q:
             stores = await q.fetch(
-                "SELECT store_id, brand_id, last_seq, last_hash, created_at FROM stores ORDER BY store_id"
+                "SELECT store_id, brand_id, last_seq, last_hash, created_at, revoked_at, revoke_reason FROM stores"
+                " ORDER BY store_id"
             )
             keys = await q.fetch("SELECT store_id, key_id FROM store_keys ORDER BY created_at, key_id")
         return stores_from_rows(stores, keys)
@@ -128,6 +181,18 @@ class SqlLedger(PeriodicLedger, ReportLedger):
         async with self._read() as q:
             rows = await q.fetch(f"SELECT {CONFLICT_COLUMNS} FROM conflicts {where} ORDER BY id", *params)
         return [ConflictRecord(*r) for r in rows]
+
+    async def list_mismatches(self, store_id: str | None = None) -> list[MismatchRecord]:
+        where, params = ("WHERE store_id = $1", (store_id,)) if store_id is not None else ("", ())
+        async with self._read() as q:
+            rows = await q.fetch(f"SELECT {MISMATCH_COLUMNS} FROM mismatches {where} ORDER BY id", *params)
+        return [MismatchRecord(*r) for r in rows]
+
+    async def list_shortfalls(self, store_id: str | None = None) -> list[ShortfallRecord]:
+        where, params = ("WHERE store_id = $1", (store_id,)) if store_id is not None else ("", ())
+        async with self._read() as q:
+            rows = await q.fetch(f"SELECT {SHORTFALL_COLUMNS} FROM shortfalls {where} ORDER BY id", *params)
+        return [ShortfallRecord(*r) for r in rows]
 
     async def audit_balances(self) -> list[BalanceMismatch]:
         async with self._read() as q:
@@ -257,13 +322,18 @@ class SqlLedger(PeriodicLedger, ReportLedger):
         async with self._write() as q:
             # The brand's row lock keeps two operators from both creating the same next version.
             await self._brand_exists(q, brand_id, lock=True)
-            rows = await q.fetch("SELECT COALESCE(MAX(version), 0) FROM programs WHERE brand_id = $1", brand_id)
-            program = checks.check_program(brand_id, rows[0][0] + 1, name, points_per_unit, unit_amount, settings)
+            previous = program_from_row(one(await q.fetch(_PROGRAM_SELECT, brand_id)))
+            version = 1 if previous is None else previous.version + 1
+            program = checks.check_program(brand_id, version, name, points_per_unit, unit_amount, settings)
             await q.fetch(
                 "INSERT INTO programs (brand_id, version, name, points_per_unit, unit_amount, settings, created_at)"
                 " VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 brand_id, program.version, name, points_per_unit, unit_amount, settings, now,
             )
+            before = None if previous is None else previous.options.expiry
+            if before is not None and before != program.options.expiry:
+                # Every customer's upcoming expiries changed with no balance change: resend them all.
+                await balances.bump_brand(q, brand_id)
         return program
 
     @staticmethod
@@ -284,14 +354,7 @@ class SqlLedger(PeriodicLedger, ReportLedger):
             await self._brand_exists(q, brand_id)
             if await q.fetch("SELECT 1 FROM stores WHERE store_id = $1", store_id):
                 raise AlreadyExists(f"store {store_id!r} already exists", field="store_id")
-            await q.fetch(
-                "INSERT INTO stores (store_id, brand_id, last_seq, last_hash, created_at) VALUES ($1, $2, 0, $3, $4)",
-                store_id, brand_id, GENESIS_HASH, now,
-            )
-            await q.fetch(
-                "INSERT INTO store_sync (store_id, received_seq, received_hash) VALUES ($1, 0, $2)",
-                store_id, GENESIS_HASH,
-            )
+            await insert_store(q, store_id, brand_id, now)
             return await self._insert_key(q, store_id, brand_id, public_key, now)
 
     async def add_store_key(self, store_id: str, public_key: bytes, now: int) -> KeyRecord:
@@ -345,3 +408,41 @@ class SqlLedger(PeriodicLedger, ReportLedger):
             if row is None:
                 raise NotFound(f"no operator {operator_id!r}", field="operator_id")
         return OperatorRecord(*row)
+
+    # ---- balance changes made in the cloud
+
+    async def adjust_balance(
+        self, brand_id: str, customer_id: str, points: int, reason: str, actor: str, now: int,
+        operator_id: str | None = None,
+    ) -> AdjustmentRecord:
+        """A manual adjustment with a reason and an actor; sent down like any balance change."""
+        _check_adjustment(points, reason, actor)
+        async with self._write() as q:
+            return await balances.adjust(q, brand_id, customer_id, points, reason, actor, operator_id, now)
+
+    async def run_expiry(self, now: int) -> ExpirySummary:
+        """Expire what is due at ``now`` for every brand whose current program
+        sets an expiry, as ``expire`` ledger entries. Idempotent: what expired
+        is no longer in the lots, so a second run (or one after an interrupted
+        run) expires only what is still due. A chunk of customers per
+        transaction keeps every batch's wait short."""
+        brands = checked = changed = points = 0
+        for brand in await self.list_brands():
+            program = await self.current_program(brand.brand_id)
+            if program is None or program.options.expiry.mode is ExpiryMode.NONE:
+                continue
+            brands += 1
+            async with self._read() as q:
+                ids = [r[0] for r in await q.fetch(
+                    "SELECT customer_id FROM customers WHERE brand_id = $1 AND balance > 0 ORDER BY customer_id",
+                    brand.brand_id,
+                )]
+            checked += len(ids)
+            for start in range(0, len(ids), EXPIRY_CHUNK):
+                async with self._write() as q:
+                    count, gone = await balances.expire_customers(
+                        q, brand.brand_id, ids[start:start + EXPIRY_CHUNK], program.options.expiry, now
+                    )
+                changed += count
+                points += gone
+        return ExpirySummary(brands, checked, changed, points)

@@ -12,7 +12,7 @@ from contextlib import AbstractAsyncContextManager
 
 from protocol import GENESIS_HASH, Program
 
-from .model import ChainCheckpoint, LiabilityRow, program_from_row
+from .model import CLOUD_ORIGIN, ChainCheckpoint, LiabilityRow, program_from_row
 from .sql import Session
 
 _CURRENT_PROGRAMS = (
@@ -64,8 +64,9 @@ class PeriodicLedger:
 
     async def take_liability_snapshot(self, day: str, now: int) -> list[LiabilityRow]:
         """Outstanding points per brand (the sum of its customers' balances) and per store (the
-        sum of the ledger entries its ops made), valued with each brand's current point_value;
-        replaces the snapshot of ``day``."""
+        sum of the ledger entries its ops made; the entries the cloud made itself, expiry and
+        an operator's adjustments, as the store ``model.CLOUD_ORIGIN``), valued with each
+        brand's current point_value; replaces the snapshot of ``day``."""
         async with self._read() as q:
             brands = await q.fetch(
                 "SELECT b.brand_id, CAST(COALESCE(SUM(c.balance), 0) AS BIGINT) FROM brands b"
@@ -75,6 +76,13 @@ class PeriodicLedger:
                 "SELECT s.brand_id, s.store_id, CAST(COALESCE(SUM(e.points), 0) AS BIGINT) FROM stores s"
                 " LEFT JOIN ledger_entries e ON e.store_id = s.store_id"
                 " GROUP BY s.brand_id, s.store_id ORDER BY s.brand_id, s.store_id"
+            )
+            # What the cloud did itself (expiry, an operator's adjustment), as one more row of the brand.
+            stores += await q.fetch(
+                "SELECT c.brand_id, e.store_id, CAST(SUM(e.points) AS BIGINT) FROM ledger_entries e"
+                " JOIN customers c ON c.customer_id = e.customer_id WHERE e.store_id = $1"
+                " GROUP BY c.brand_id, e.store_id ORDER BY c.brand_id",
+                CLOUD_ORIGIN,
             )
             programs = {r[0]: program_from_row(r) for r in await q.fetch(_CURRENT_PROGRAMS)}
         rows = [LiabilityRow(day, b, None, points, _value(programs.get(b), points), now) for b, points in brands]

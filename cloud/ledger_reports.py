@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 
+from .model import CLOUD_ORIGIN
 from .sql import Row, Session
 
 #: Rows of the brand's stores: ledger entries and conflicts carry the store, not the brand.
@@ -52,14 +53,25 @@ class ReportLedger:
 
     async def report_points(self, brand_id: str, start: int, end: int) -> list[Row]:
         """(day since 1970, entry kind, points, entries) per UTC day and kind (sums: weeks and
-        months add up from days)."""
+        months add up from days), from the brand's stores and then from the entries the cloud
+        made itself for the brand's customers (expiry, an operator's adjustment): a (day, kind)
+        may come twice, to be added up."""
         async with self._read() as q:
             day = q.dialect.period_key("at", "day", 4, ())[0]
-            return await q.fetch(
+            by_stores = await q.fetch(
                 f"SELECT {day}, kind, CAST(SUM(points) AS BIGINT), COUNT(*) FROM ledger_entries"
                 f" WHERE {_OF_BRAND} GROUP BY {day}, kind",
                 brand_id, start, end,
             )
+            entry_day = q.dialect.period_key("e.at", "day", 5, ())[0]
+            by_cloud = await q.fetch(
+                f"SELECT {entry_day}, e.kind, CAST(SUM(e.points) AS BIGINT), COUNT(*)"
+                " FROM ledger_entries e JOIN customers c ON c.customer_id = e.customer_id"
+                " WHERE e.store_id = $4 AND c.brand_id = $1 AND e.at >= $2 AND e.at < $3"
+                f" GROUP BY {entry_day}, e.kind",
+                brand_id, start, end, CLOUD_ORIGIN,
+            )
+        return by_stores + by_cloud
 
     async def report_conflicts(self, brand_id: str, start: int, end: int) -> list[Row]:
         """(store_id, conflicts, points requested, points lost) per store: a refused offline debit

@@ -11,10 +11,16 @@ import dataclasses
 import enum
 import operator
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from protocol import Balance, OpResult, Program
+
+from .engagement_model import ConsentRecord, OutboxMessage
+
+#: The store_id of ledger entries the cloud makes itself (expiry, an operator's
+#: adjustment): not a slug, so it can never be a store's.
+CLOUD_ORIGIN = "(cloud)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +51,12 @@ class KeyRecord:
     public_key: bytes
     created_at: int
     revoked_at: int | None
+    #: After a rotation: when the overlap window ends, and the key that replaced this one.
+    expires_at: int | None = None
+    replaced_by: str | None = None
+    #: The store's own revocation, which refuses every key of it.
+    store_revoked_at: int | None = None
+    store_revoke_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +67,8 @@ class StoreRecord:
     last_hash: bytes
     created_at: int
     key_ids: tuple[str, ...]
+    revoked_at: int | None = None
+    revoke_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,11 +162,19 @@ class CustomerState:
     enrolled_store: str
     created_at: int
     updated_at: int
+    groups: str = "[]"  # JSON list, sorted: what zero-earning rules match on
+    opted_out: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class SaleState:
-    """What the cloud applied on one sale of one store."""
+    """What the cloud applied on one sale of one store.
+
+    ``basis`` is the earn's ``protocol.refunds.EarnBasis`` (None for an
+    amount-only earn); ``returned`` is JSON {line_id: quantity} of every
+    refund applied; ``earn_reversed`` and ``redeem_returned`` are what those
+    refunds took back and gave back, so a void reverses only what is left.
+    """
 
     store_id: str
     sale_id: str
@@ -161,6 +183,10 @@ class SaleState:
     redeemed: int
     voided_by: str | None
     voided_at: int | None
+    basis: bytes | None = None
+    returned: str = "{}"
+    earn_reversed: int = 0
+    redeem_returned: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +236,69 @@ class ConflictRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class MismatchRecord:
+    """An op the cloud applied as the edge computed it, while its own
+    computation gave another number (``cloud_points`` None: it could not
+    compute, e.g. an unknown program version). For refunds and voids the
+    points are the net change before the refund policy."""
+
+    store_id: str
+    op_id: str
+    customer_id: str
+    sale_id: str | None
+    kind: str
+    program_version: int | None
+    edge_points: int
+    cloud_points: int | None
+    reason: str
+    at: int
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class ShortfallRecord:
+    """A reversal the refund policy could not take in full (``clamp``: the
+    points not taken back) or took below zero (``negative``: how far)."""
+
+    store_id: str
+    op_id: str
+    customer_id: str
+    sale_id: str
+    kind: str
+    policy: str
+    points: int
+    balance_after: int
+    at: int
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class AdjustmentRecord:
+    """An operator's manual adjustment in the cloud, with its ledger entry's op id."""
+
+    op_id: str
+    brand_id: str
+    customer_id: str
+    points: int
+    reason: str
+    actor: str
+    operator_id: str | None
+    balance_after: int
+    version: int
+    at: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExpirySummary:
+    """What one expiry run did (every brand whose program sets an expiry)."""
+
+    brands: int
+    customers_checked: int
+    customers_expired: int
+    points_expired: int
+
+
+@dataclass(frozen=True, slots=True)
 class LedgerState:
     """Everything a batch's ops can read, loaded in a few set-based queries."""
 
@@ -232,6 +321,8 @@ class BatchOutcome:
     entries: tuple[LedgerEntry, ...]
     conflicts: tuple[ConflictRecord, ...]
     counter: int
+    mismatches: tuple[MismatchRecord, ...] = ()
+    shortfalls: tuple[ShortfallRecord, ...] = ()
 
 
 def versioned(outcome: BatchOutcome, base: int) -> BatchOutcome:
@@ -241,20 +332,19 @@ def versioned(outcome: BatchOutcome, base: int) -> BatchOutcome:
     if base == 0:
         return outcome
     changed = {c.customer_id for c in outcome.customers}
-    # Built field by field: dataclasses.replace costs several times as much, on every customer of a batch.
     return dataclasses.replace(
         outcome,
-        customers=tuple(
-            CustomerState(c.customer_id, c.brand_id, c.name, c.phone, c.email, c.card_code, c.consent, c.balance,
-                          c.version + base, c.enrolled_store, c.created_at, c.updated_at)
-            for c in outcome.customers
-        ),
+        customers=tuple(_with_version(c, c.version + base) for c in outcome.customers),
         balances=tuple(
             Balance(b.customer_id, b.points, b.version + base) if b.customer_id in changed else b
             for b in outcome.balances
         ),
         counter=outcome.counter + base,
     )
+
+
+def _with_version(customer: CustomerState, version: int) -> CustomerState:
+    return dataclasses.replace(customer, version=version)
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +361,9 @@ class BatchCommit:
     at: int
     received_at: int
     outcome: BatchOutcome
+    #: Written in the same transaction (see ``messages.batch_effects``); a message already there is kept.
+    messages: tuple[OutboxMessage, ...] = ()
+    consents: tuple[ConsentRecord, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +373,8 @@ class DownlinkPage:
     customers: tuple[CustomerState, ...]
     counter: int
     program: Program | None
+    #: customer_id -> (expires_at, points) of upcoming expiries (empty without an expiry policy)
+    expiring: Mapping[str, tuple[tuple[int, int], ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,22 +426,42 @@ def astuple(obj: Any) -> tuple[Any, ...]:
 Row = tuple[Any, ...]
 
 
+#: The customers table's columns, in CustomerState's field order.
+CUSTOMER_COLUMNS = (
+    "customer_id, brand_id, name, phone, email, card_code, consent, balance, version,"
+    " enrolled_store, created_at, updated_at, groups, opted_out"
+)
+
+
+def customer_from_row(row: Row) -> CustomerState:
+    """A customers row in column order (SQLite gives opted_out as 0/1)."""
+    return CustomerState(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9], row[10],
+                         row[11], row[12], bool(row[13]))
+
+
+def sale_from_row(row: Row) -> SaleState:
+    basis = None if row[7] is None else bytes(row[7])
+    return SaleState(row[0], row[1], row[2], row[3], row[4], row[5], row[6], basis, row[8], row[9], row[10])
+
+
 def program_from_row(row: Row | None) -> Program | None:
     """(brand_id, version, name, points_per_unit, unit_amount, settings)."""
     return None if row is None else Program(row[0], row[1], row[2], row[3], row[4], row[5])
 
 
 def key_from_row(row: Row) -> KeyRecord:
-    return KeyRecord(row[0], row[1], row[2], bytes(row[3]), row[4], row[5])
+    """(key_id, store_id, brand_id, public_key, created_at, revoked_at, expires_at, replaced_by,
+    store revoked_at, store revoke_reason): ``ledger.KEY_SELECT``."""
+    return KeyRecord(row[0], row[1], row[2], bytes(row[3]), *row[4:10])
 
 
 def stores_from_rows(stores: list[Row], keys: list[Row]) -> list[StoreRecord]:
-    """Stores (store_id, brand_id, last_seq, last_hash, created_at) with their
-    key ids from (store_id, key_id) rows, in the order given."""
+    """Stores (store_id, brand_id, last_seq, last_hash, created_at, revoked_at, revoke_reason)
+    with their key ids from (store_id, key_id) rows, in the order given."""
     by_store: dict[str, list[str]] = {}
     for store_id, key_id in keys:
         by_store.setdefault(store_id, []).append(key_id)
-    return [StoreRecord(r[0], r[1], r[2], bytes(r[3]), r[4], tuple(by_store.get(r[0], ()))) for r in stores]
+    return [StoreRecord(r[0], r[1], r[2], bytes(r[3]), r[4], tuple(by_store.get(r[0], ())), *r[5:7]) for r in stores]
 
 
 def claim_from_row(row: Row) -> Claim:

@@ -2,10 +2,11 @@
 
 Steps, in this order (points change first, then they are checked, then counted):
 
-1. ``expire_points``: hook for points expiry, ``Storage.run_expiry(now)`` (the
-   expiry work provides it; skipped while the storage has none);
+1. ``expire_points``: points expiry, ``Storage.run_expiry(now)`` (what is due
+   by each brand's expiry setting, a chunk of customers per transaction);
 2. ``merge_duplicates``: hook for duplicate-profile merges,
-   ``Storage.run_merges(now)`` (the identity work; skipped likewise);
+   ``Storage.run_merges(now)`` (the identity work provides it; skipped while
+   the storage has none);
 3. ``audit_balances``: every balance equals the sum of its ledger entries;
 4. ``audit_chains``: every store's applied batches are gap-free from 1, each
    body hashes to its stored hash, and each batch names the hash of the one
@@ -25,6 +26,7 @@ that fails is reported and the next still runs.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
@@ -82,8 +84,8 @@ async def _hook(ctx: Context, step: str, method: str, what: str) -> StepResult:
 
 
 async def expire_points(ctx: Context) -> StepResult:
-    """Hook: points expiry, ``Storage.run_expiry(now)``."""
-    return await _hook(ctx, "expire_points", "run_expiry", "points expiry")
+    summary = await ctx.storage.run_expiry(ctx.now)
+    return StepResult("expire_points", True, dataclasses.asdict(summary))
 
 
 async def merge_duplicates(ctx: Context) -> StepResult:

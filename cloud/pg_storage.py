@@ -32,8 +32,8 @@ tries it again and it then gets ``customer_exists``) instead of overwriting
 that customer.
 
 Everything a batch reads is loaded with ``= ANY($1::text[])`` (one parameter
-however many ids); ops, ledger entries and conflicts are appended with one
-binary COPY each, sales and customers written with one
+however many ids); ops, ledger entries, conflicts, mismatches and shortfalls
+are appended with one binary COPY each, sales and customers written with one
 ``INSERT ... SELECT FROM unnest($1::t[], ...)`` (or UPDATE) each: a constant
 number of round trips per batch, never one statement per op. asyncpg and socket
 errors become ``StoreError`` (``raise ... from``) at this boundary.
@@ -49,20 +49,23 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
+from protocol import Program
+
+from .engagement_store import SqlEngagement, insert_consents, insert_messages
 from .errors import StoreError
-from .ledger import CLAIM_SELECT, SqlLedger
+from .ledger import CLAIM_SELECT, SqlLedger, programs_by_version
 from .migrations import pending
 from .model import (
     BatchCommit,
     BatchOutcome,
     ChainHead,
     Claim,
-    CustomerState,
     LedgerState,
     OpRecord,
-    SaleState,
     astuple,
     claim_from_row,
+    customer_from_row,
+    sale_from_row,
 )
 from .pg_schema import (
     CONFLICT,
@@ -72,14 +75,17 @@ from .pg_schema import (
     MIGRATION_LOCK,
     MIGRATIONS,
     MIGRATIONS_TABLE,
+    MISMATCH,
     OP,
     SALE,
+    SHORTFALL,
     UPDATE_CUSTOMERS,
     UPSERT_SALES,
     Columns,
     names,
 )
 from .sql import POSTGRES, Row, Session
+from .store_keys_store import SqlStoreKeys
 
 log = logging.getLogger(__name__)
 
@@ -200,10 +206,13 @@ class _PgTx:
         return LedgerState(
             program_version=program[0][0],
             counter=0,  # versions are handed out relative to 0, then moved past the brand's counter
-            customers={r[0]: CustomerState(*r) for r in customers},
-            sales={r[1]: SaleState(*r) for r in sales},
+            customers={r[0]: customer_from_row(r) for r in customers},
+            sales={r[1]: sale_from_row(r) for r in sales},
             ops={r[0]: OpRecord(r[0], bytes(r[1]), *r[2:]) for r in ops},
         )
+
+    async def load_programs(self, brand_id: str, versions: Sequence[int]) -> dict[int, Program]:
+        return await programs_by_version(_PgSession(self._conn), brand_id, versions)
 
     async def save_rows(self, outcome: BatchOutcome) -> None:
         conn = self._conn
@@ -211,6 +220,8 @@ class _PgTx:
         await _many(conn, UPSERT_SALES, outcome.sales)
         await _copy(conn, "ledger_entries", ENTRY, outcome.entries)
         await _copy(conn, "conflicts", CONFLICT, outcome.conflicts)
+        await _copy(conn, "mismatches", MISMATCH, outcome.mismatches)
+        await _copy(conn, "shortfalls", SHORTFALL, outcome.shortfalls)
 
     async def take_versions(self, brand_id: str, count: int) -> int:
         rows = await _fetch(
@@ -230,6 +241,8 @@ class _PgTx:
             updated = await _many(conn, UPDATE_CUSTOMERS, changed)
             if len(updated) != len(changed):  # impossible while the rows are locked
                 raise StoreError(f"{len(changed) - len(updated)} locked customers vanished during the batch")
+        await insert_messages(_PgSession(conn), commit.messages)
+        await insert_consents(_PgSession(conn), commit.consents)
         await _fetch(
             conn,
             "INSERT INTO batches (store_id, seq, hash, body, ack, at, received_at)"
@@ -247,7 +260,7 @@ class _PgTx:
         await _fetch(conn, "DELETE FROM inbox WHERE store_id = $1 AND seq = $2", commit.store_id, commit.seq)
 
 
-class PgStorage(SqlLedger):
+class PgStorage(SqlStoreKeys, SqlEngagement, SqlLedger):
     """The PostgreSQL ledger at ``dsn`` (its tables are created and migrated by ``open``).
 
     The schema is the DSN's search path (``?search_path=...``; asyncpg sends

@@ -8,8 +8,14 @@ envelope and the store's sequence; this decides each op exactly once:
    content digest matches, and is refused ``op_id_conflict`` when it differs;
 2. order: ops apply in batch order, each seeing the effects of the previous;
 3. conflict rules: a debit above the confirmed balance is refused (and
-   recorded as a conflict); a void takes back only what was really applied;
-4. results: one OpResult per op and the final Balance of every customer the
+   recorded as a conflict); a void or a refund takes back only what was
+   really applied, under the program's refund policy (clamp at zero or go
+   negative; either way the shortfall is recorded);
+4. verification: earns, redemptions and signup bonuses are applied as the
+   edge computed them (the customer was told) and recomputed with the
+   program version the op names and the customer as the cloud knows them;
+   a difference is an ``ops.note`` and a ``mismatches`` row;
+5. results: one OpResult per op and the final Balance of every customer the
    batch names.
 
 Every balance change and profile change bumps the brand's change counter and
@@ -20,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from protocol import (
@@ -28,24 +34,36 @@ from protocol import (
     Balance,
     Earn,
     Enroll,
+    LocalProtocolError,
     Op,
     OpResult,
     OpStatus,
+    Program,
     Redeem,
+    Refund,
     UpdateProfile,
     Void,
 )
+from protocol.earning import RefundPolicy
+from protocol.refunds import EarnBasis, Reversal, refund_reversal, settle
+from protocol.rules import earning_rules
+from protocol.sale import returned_after
 from protocol.validate import MAX_POINTS
 
+from . import verification
 from .model import (
     BatchOutcome,
     ConflictRecord,
     CustomerState,
     LedgerEntry,
     LedgerState,
+    MismatchRecord,
     OpRecord,
     SaleState,
+    ShortfallRecord,
 )
+from .verification import Expected, Programs
+from .working import WorkingCustomer, WorkingSale, groups_json
 
 # Refusal codes: final business results inside a 200 ack.
 OP_ID_CONFLICT = "op_id_conflict"
@@ -59,45 +77,8 @@ ALREADY_VOIDED = "already_voided"
 CUSTOMER_MISMATCH = "customer_mismatch"
 #: A sale's applied total would leave the range every result must fit in.
 SALE_LIMIT = "sale_limit"
-
-
-@dataclass(slots=True)
-class _Customer:
-    """Mutable working copy of a customer while a batch is applied."""
-
-    row: CustomerState
-    balance: int
-    version: int
-    name: str
-    phone: str | None
-    email: str | None
-    card_code: str | None
-    updated_at: int
-
-    @classmethod
-    def of(cls, row: CustomerState) -> _Customer:
-        return cls(row, row.balance, row.version, row.name, row.phone, row.email, row.card_code, row.updated_at)
-
-    def final(self) -> CustomerState:
-        return dataclasses.replace(
-            self.row,
-            balance=self.balance,
-            version=self.version,
-            name=self.name,
-            phone=self.phone,
-            email=self.email,
-            card_code=self.card_code,
-            updated_at=self.updated_at,
-        )
-
-
-@dataclass(slots=True)
-class _Sale:
-    customer_id: str
-    earned: int
-    redeemed: int
-    voided_by: str | None
-    voided_at: int | None
+#: A refund of a sale whose lines the cloud does not hold (an amount-only or refused earn).
+NO_SALE_LINES = "no_sale_lines"
 
 
 @dataclass(slots=True)
@@ -119,60 +100,65 @@ def _refuse(code: str) -> _Decision:
 class _Batch:
     """One batch being applied: working copies, the counter, and rows to write."""
 
-    def __init__(self, store_id: str, brand_id: str, seq: int, state: LedgerState, now: int) -> None:
+    def __init__(self, store_id: str, brand_id: str, seq: int, state: LedgerState, programs: Programs,
+                 now: int) -> None:
         self.store_id = store_id
         self.brand_id = brand_id
         self.seq = seq
         self.state = state
+        self.programs = programs
         self.now = now
         self.counter = state.counter
-        self.customers: dict[str, _Customer] = {}
+        self.customers: dict[str, WorkingCustomer] = {}
         self.changed: set[str] = set()
-        self.sales: dict[str, _Sale] = {}
+        self.sales: dict[str, WorkingSale] = {}
         self.changed_sales: set[str] = set()
         self.entries: list[LedgerEntry] = []
         self.conflicts: list[ConflictRecord] = []
+        self.mismatches: list[MismatchRecord] = []
+        self.shortfalls: list[ShortfallRecord] = []
 
     # ---- working state
 
-    def customer(self, customer_id: str) -> _Customer | None:
+    def customer(self, customer_id: str) -> WorkingCustomer | None:
         """The customer if it exists in this store's brand (another brand's is unknown here)."""
         cust = self.customers.get(customer_id)
         if cust is None:
             row = self.state.customers.get(customer_id)
             if row is None:
                 return None
-            cust = self.customers[customer_id] = _Customer.of(row)
+            cust = self.customers[customer_id] = WorkingCustomer.of(row)
         return cust if cust.row.brand_id == self.brand_id else None
 
     def customer_id_taken(self, customer_id: str) -> bool:
         return customer_id in self.customers or customer_id in self.state.customers
 
-    def touch(self, cust: _Customer, at: int) -> None:
+    def touch(self, cust: WorkingCustomer, at: int) -> None:
         self.counter += 1
         cust.version = self.counter
         cust.updated_at = at
         self.changed.add(cust.row.customer_id)
 
-    def sale(self, sale_id: str) -> _Sale | None:
+    def sale(self, sale_id: str) -> WorkingSale | None:
         sale = self.sales.get(sale_id)
         if sale is None:
             row = self.state.sales.get(sale_id)
             if row is None:
                 return None
-            sale = self.sales[sale_id] = _Sale(
-                row.customer_id, row.earned, row.redeemed, row.voided_by, row.voided_at
+            sale = self.sales[sale_id] = WorkingSale(
+                row.customer_id, row.earned, row.redeemed, row.voided_by, row.voided_at, row.basis, row.returned,
+                row.earn_reversed, row.redeem_returned,
             )
         return sale
 
-    def open_sale(self, sale_id: str, customer_id: str) -> _Sale:
+    def open_sale(self, sale_id: str, customer_id: str) -> WorkingSale:
         sale = self.sale(sale_id)
         if sale is None:
-            sale = self.sales[sale_id] = _Sale(customer_id, 0, 0, None, None)
+            sale = self.sales[sale_id] = WorkingSale(customer_id, 0, 0, None, None)
             self.changed_sales.add(sale_id)
         return sale
 
-    def move(self, cust: _Customer, op: Op, kind: str, points: int, sale_id: str | None) -> None:
+    def move(self, cust: WorkingCustomer, op: Op, kind: str, points: int, sale_id: str | None) -> None:
         """Apply a balance change and its ledger entry together, so audits always add up."""
         if points == 0:
             return
@@ -182,7 +168,7 @@ class _Batch:
             LedgerEntry(cust.row.customer_id, op.op_id, self.store_id, sale_id, kind, points, op.at)
         )
 
-    def conflict(self, op: Op, cust: _Customer, requested: int) -> _Decision:
+    def conflict(self, op: Op, cust: WorkingCustomer, requested: int) -> _Decision:
         self.conflicts.append(
             ConflictRecord(
                 store_id=self.store_id,
@@ -197,6 +183,33 @@ class _Batch:
             )
         )
         return _refuse(INSUFFICIENT_BALANCE)
+
+    def mismatch(self, op: Op, sale_id: str | None, version: int | None, edge_points: int,
+                 expected: Expected) -> str:
+        """Record that the cloud computed otherwise; the op's note."""
+        self.mismatches.append(MismatchRecord(
+            store_id=self.store_id, op_id=op.op_id, customer_id=op.customer_id, sale_id=sale_id,
+            kind=op.kind.value, program_version=version, edge_points=edge_points, cloud_points=expected.points,
+            reason=expected.reason, at=op.at, created_at=self.now,
+        ))
+        return f"edge {edge_points}, cloud {expected.points}: {expected.reason}"
+
+    def reverse(self, cust: WorkingCustomer, op: Void | Refund, sale: WorkingSale, reversal: Reversal,
+                policy: RefundPolicy) -> int:
+        """Give back, then take back under ``policy``; record any shortfall. The net change."""
+        settled = settle(cust.balance, reversal, policy)
+        self.move(cust, op, f"{op.kind.value}_redeem", reversal.give, op.sale_id)
+        self.move(cust, op, f"{op.kind.value}_earn", -settled.taken, op.sale_id)
+        sale.earn_reversed += reversal.take
+        sale.redeem_returned += reversal.give
+        self.changed_sales.add(op.sale_id)
+        if settled.shortfall:
+            self.shortfalls.append(ShortfallRecord(
+                store_id=self.store_id, op_id=op.op_id, customer_id=op.customer_id, sale_id=op.sale_id,
+                kind=op.kind.value, policy=policy.value, points=settled.shortfall, balance_after=cust.balance,
+                at=op.at, created_at=self.now,
+            ))
+        return settled.delta(reversal.give)
 
     # ---- one handler per op kind
 
@@ -218,10 +231,17 @@ class _Batch:
             enrolled_store=self.store_id,
             created_at=op.at,
             updated_at=op.at,
+            groups=groups_json(op.groups),
+            opted_out=op.opted_out,
         )
-        cust = self.customers[op.customer_id] = _Customer.of(row)
+        cust = self.customers[op.customer_id] = WorkingCustomer.of(row)
         self.touch(cust, op.at)
-        return _Decision(_APPLIED)
+        # A new customer can have no bonus yet: once per customer, ever (the ledger's unique index agrees).
+        self.move(cust, op, "signup_bonus", op.signup_bonus, None)
+        version = op.program_version if op.program_version is not None else self.programs.current
+        expected = verification.enroll(op, self.programs.at(version))
+        note = None if expected is None else self.mismatch(op, None, version, op.signup_bonus, expected)
+        return _Decision(_APPLIED, points=op.signup_bonus, note=note)
 
     def update_profile(self, op: UpdateProfile) -> _Decision:
         cust = self.customer(op.customer_id)
@@ -235,10 +255,14 @@ class _Batch:
                 setattr(cust, field, value)
             elif field in op.clear:
                 setattr(cust, field, None)
+        if op.groups is not None:
+            cust.groups = op.groups
+        if op.opted_out is not None:
+            cust.opted_out = op.opted_out
         self.touch(cust, op.at)
         return _Decision(_APPLIED)
 
-    def _sale_for(self, op: Earn | Redeem) -> tuple[_Customer, _Sale] | _Decision:
+    def _sale_for(self, op: Earn | Redeem) -> tuple[WorkingCustomer, WorkingSale] | _Decision:
         """The customer and the (possibly new) sale an earn or redeem moves points on, or a refusal."""
         cust = self.customer(op.customer_id)
         if cust is None:
@@ -256,6 +280,12 @@ class _Batch:
             return None
         return f"program_version {op.program_version} differs from current {current}"
 
+    def _noted(self, op: Earn | Redeem, edge_points: int, expected: Expected | None) -> str | None:
+        notes = [self._version_note(op)]
+        if expected is not None:
+            notes.append(self.mismatch(op, op.sale_id, op.program_version, edge_points, expected))
+        return "; ".join(n for n in notes if n) or None
+
     def earn(self, op: Earn) -> _Decision:
         found = self._sale_for(op)
         if isinstance(found, _Decision):
@@ -264,16 +294,20 @@ class _Batch:
         if sale.earned + op.points > MAX_POINTS:
             return _refuse(SALE_LIMIT)
         sale.earned += op.points
+        basis = EarnBasis.of(op, cust.rated_as)
+        if basis is not None and sale.basis is None:
+            sale.basis = basis.to_bytes()
         self.changed_sales.add(op.sale_id)
         self.move(cust, op, "earn", op.points, op.sale_id)
-        return _Decision(_APPLIED, points=op.points, note=self._version_note(op))
+        expected = verification.earn(op, self.programs.at(op.program_version), cust.rated_as)
+        return _Decision(_APPLIED, points=op.points, note=self._noted(op, op.points, expected))
 
     def redeem(self, op: Redeem) -> _Decision:
         found = self._sale_for(op)
         if isinstance(found, _Decision):
             return found
         cust, sale = found
-        note = self._version_note(op)
+        note = self._noted(op, op.points, verification.redeem(op, self.programs.at(op.program_version)))
         if op.points > cust.balance:
             decision = self.conflict(op, cust, op.points)
             decision.note = note
@@ -285,30 +319,63 @@ class _Batch:
         self.move(cust, op, "redeem", -op.points, op.sale_id)
         return _Decision(_APPLIED, points=-op.points, note=note)
 
-    def void(self, op: Void) -> _Decision:
+    def _reversible(self, op: Void | Refund) -> tuple[WorkingCustomer, WorkingSale] | _Decision:
         sale = self.sale(op.sale_id)
         if sale is None:
             return _refuse(UNKNOWN_SALE)
         if sale.voided_by is not None:
-            return _refuse(ALREADY_VOIDED)
+            return _refuse(ALREADY_VOIDED if isinstance(op, Void) else SALE_VOIDED)
         if sale.customer_id != op.customer_id:
             return _refuse(CUSTOMER_MISMATCH)
         cust = self.customer(sale.customer_id)
         if cust is None:  # a sale is only ever opened for a customer of this brand
             return _refuse(UNKNOWN_CUSTOMER)
-        # Only what the cloud applied comes back: a refused redemption returns nothing,
-        # whatever the edge believed. The balance may go negative (no clamp yet).
-        self.move(cust, op, "void_earn", -sale.earned, op.sale_id)
-        self.move(cust, op, "void_redeem", sale.redeemed, op.sale_id)
-        note = None
-        if (op.reversed_points, op.returned_points) != (sale.earned, sale.redeemed):
-            note = (
-                f"edge reversed {op.reversed_points}/returned {op.returned_points},"
-                f" cloud applied earned {sale.earned}/redeemed {sale.redeemed}"
-            )
+        return cust, sale
+
+    def _reversal_note(self, op: Void | Refund, cloud: Reversal) -> str | None:
+        edge = Reversal(op.reversed_points, op.returned_points)
+        if edge == cloud:
+            return None
+        expected = Expected(cloud.give - cloud.take, f"the cloud takes back {cloud.take} and gives back {cloud.give}")
+        return self.mismatch(op, op.sale_id, op.program_version, edge.give - edge.take, expected)
+
+    def void(self, op: Void) -> _Decision:
+        found = self._reversible(op)
+        if isinstance(found, _Decision):
+            return found
+        cust, sale = found
+        # Only what the cloud applied and no refund took back comes back: a refused
+        # redemption returns nothing, whatever the edge believed.
+        standing = sale.standing
+        reversal = Reversal(standing.earn_left, standing.redeem_left)
+        note = self._reversal_note(op, reversal)
+        points = self.reverse(cust, op, sale, reversal, self.programs.refund_policy(op.program_version))
         sale.voided_by, sale.voided_at = op.op_id, op.at
-        self.changed_sales.add(op.sale_id)
-        return _Decision(_APPLIED, points=sale.redeemed - sale.earned, note=note)
+        return _Decision(_APPLIED, points=points, note=note)
+
+    def refund(self, op: Refund) -> _Decision:
+        found = self._reversible(op)
+        if isinstance(found, _Decision):
+            return found
+        cust, sale = found
+        if sale.basis is None:
+            return _refuse(NO_SALE_LINES)
+        basis = EarnBasis.from_bytes(sale.basis)
+        try:
+            returned = returned_after(basis.sale, json.loads(sale.returned), op.lines)
+        except LocalProtocolError as exc:
+            return _refuse(exc.code)
+        program = self.programs.at(basis.program_version)
+        if program is None:  # the earn named a version the cloud never had: the edge's numbers, bounded
+            standing = sale.standing
+            reversal = Reversal(min(op.reversed_points, standing.earn_left), min(op.returned_points,
+                                                                                 standing.redeem_left))
+        else:
+            reversal = refund_reversal(basis, earning_rules(program), sale.standing, returned)
+        note = self._reversal_note(op, reversal)
+        sale.returned = json.dumps(returned, sort_keys=True, separators=(",", ":"))
+        points = self.reverse(cust, op, sale, reversal, self.programs.refund_policy(op.program_version))
+        return _Decision(_APPLIED, points=points, note=note)
 
     def adjust(self, op: Adjust) -> _Decision:
         cust = self.customer(op.customer_id)
@@ -332,12 +399,14 @@ class _Batch:
             return self.void(op)
         if isinstance(op, Adjust):
             return self.adjust(op)
+        if isinstance(op, Refund):
+            return self.refund(op)
         raise TypeError(f"no rule for op kind {op.kind}")  # protocol grew a kind; a bug here
 
     # ---- the whole batch
 
     def record(self, op: Op, digest: bytes, decision: _Decision) -> OpRecord:
-        version = op.program_version if isinstance(op, Earn | Redeem) else None
+        version = getattr(op, "program_version", None)
         return OpRecord(
             op_id=op.op_id,
             digest=digest,
@@ -374,9 +443,12 @@ def reconcile(
     ops: Sequence[Op],
     state: LedgerState,
     now: int,
+    programs: Mapping[int, Program] | None = None,
 ) -> BatchOutcome:
-    """Decide every op of one batch, in order, against ``state``; no side effects."""
-    work = _Batch(store_id, brand_id, seq, state, now)
+    """Decide every op of one batch, in order, against ``state`` and the
+    brand's ``programs`` (by version: those the ops and their sales name, and
+    the current one); no side effects."""
+    work = _Batch(store_id, brand_id, seq, state, Programs(programs or {}, state.program_version), now)
     results: list[OpResult] = []
     records: list[OpRecord] = []
     for op in ops:
@@ -395,7 +467,8 @@ def reconcile(
 
     customers = [work.customers[cid].final() for cid in sorted(work.changed)]
     sales = [
-        SaleState(store_id, sid, s.customer_id, s.earned, s.redeemed, s.voided_by, s.voided_at)
+        SaleState(store_id, sid, s.customer_id, s.earned, s.redeemed, s.voided_by, s.voided_at, s.basis,
+                  s.returned, s.earn_reversed, s.redeem_returned)
         for sid, s in sorted(work.sales.items())
         if sid in work.changed_sales
     ]
@@ -408,4 +481,6 @@ def reconcile(
         entries=tuple(work.entries),
         conflicts=tuple(work.conflicts),
         counter=work.counter,
+        mismatches=tuple(work.mismatches),
+        shortfalls=tuple(work.shortfalls),
     )

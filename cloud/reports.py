@@ -10,8 +10,10 @@ the program gives points none).
 - ``enrollment``: customers enrolled per store and channel (consent source);
 - ``activity``: per period, customers who earned or redeemed, and visits (earns
   that moved points: a sale that earned nothing is not counted);
-- ``points``: per period, points earned, redeemed, expired, adjusted, voided
-  (reversals) and of any other kind, and the net change of the liability;
+- ``points``: per period, points earned (signup bonuses included), redeemed,
+  expired, adjusted (at the till or by an operator), reversed (voids and
+  refunds, both ways) and of any other kind, and the net change of the
+  liability;
 - ``liability``: the periodic job's daily snapshots (brand total first, then
   each store: the sum of the ledger entries its ops made);
 - ``conflicts``: per store, refused offline debits and what they lost the
@@ -162,9 +164,10 @@ async def activity(storage: Storage, q: ReportQuery) -> Report:
 
 
 #: Ledger entry kinds by report column; any kind not named here counts as ``other``.
-_KIND_COLUMNS = {"earn": "earned", "redeem": "redeemed", "expire": "expired", "expiry": "expired",
-                 "adjust": "adjusted", "void_earn": "voided", "void_redeem": "voided"}
-_POINT_COLUMNS = ("earned", "redeemed", "expired", "adjusted", "voided", "other")
+_KIND_COLUMNS = {"earn": "earned", "signup_bonus": "earned", "redeem": "redeemed", "expire": "expired",
+                 "adjust": "adjusted", "void_earn": "reversed", "void_redeem": "reversed",
+                 "refund_earn": "reversed", "refund_redeem": "reversed"}
+_POINT_COLUMNS = ("earned", "redeemed", "expired", "adjusted", "reversed", "other")
 #: Debits are shown as positive amounts in their own columns.
 _SIGN = {"redeemed": -1, "expired": -1}
 

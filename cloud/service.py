@@ -5,8 +5,10 @@ answer. The pure ledger decisions live in ``reconciler``; this module does the
 checks around them, in this order (nothing is written on any refusal):
 
 1. the envelope parses and has the expected type;
-2. its key id names a registered key (401 ``unknown_key``), not revoked
-   (403 ``key_revoked``), and the signature holds (401 ``bad_signature``);
+2. its key id names a registered key (401 ``unknown_key``), the signature
+   holds (401 ``bad_signature``), and the key may sign (403
+   ``store_revoked``, ``key_revoked``, or ``key_expired`` once the overlap
+   window after its rotation is over);
 3. the body decodes, and names that key and the key's own store
    (403 ``foreign_key``);
 4. batches: the store's sequence and hash chain as received (409s); pulls:
@@ -19,6 +21,7 @@ answers 202 ``accepted`` and the edge sends the same bytes again.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,11 +42,13 @@ from protocol import (
     seal,
 )
 
+from .cloud_keyring import KeyChain, reseal
 from .errors import HttpError, NotYetApplied
 from .handoff import Handoff
 from .keys import CloudKey
 from .model import CustomerState, InboxBatch, KeyRecord, Receipt
 from .storage import Storage
+from .store_keys_model import check_key_usable
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +85,7 @@ class SyncService:
         self.clock = clock
         self.handoff = handoff or Handoff(storage)
         self.ack_wait = ack_wait
+        self.key_chain = KeyChain(storage, clock)
 
     async def verify(self, data: bytes, expected: MessageType) -> Verified:
         """Steps 1-2: the signed body, and the registered key that signed it."""
@@ -90,12 +96,11 @@ class SyncService:
         key = await self.storage.find_key(env.key_id)
         if key is None:
             raise HttpError(401, "unknown_key", f"no store key {env.key_id!r} is registered", field="key_id")
-        if key.revoked_at is not None:
-            raise HttpError(403, "key_revoked", f"key {key.key_id} was revoked", field="key_id")
         try:
             body = env.verify(load_public_key(key.public_key))
         except ProtocolError as exc:
             raise _protocol_error(exc) from exc
+        check_key_usable(key, self.clock())  # after the signature: a revocation's reason is for its store only
         return Verified(key, body)
 
     @staticmethod
@@ -135,7 +140,8 @@ class SyncService:
                 assert received.ack is not None
                 log.info("store %s resent batch %d; answering the stored ack", batch.store_id, batch.seq)
                 self.answered(batch.store_id, "replayed")
-                return received.ack
+                # sealed again if an older cloud key sealed it: edges drop old keys after a rotation
+                return reseal(received.ack, MessageType.ACK, self.cloud_key)
             case Receipt.CONFLICT:
                 raise HttpError(
                     409,
@@ -160,7 +166,7 @@ class SyncService:
         if ack is None:
             self.answered(batch.store_id, "pending")
             raise NotYetApplied(batch.store_id, batch.seq, RETRY_AFTER_MS)
-        return ack
+        return reseal(ack, MessageType.ACK, self.cloud_key)  # a reconciler elsewhere may run an older key
 
     def answered(self, store_id: str, how: str) -> None:
         """A batch answered without being applied now: ``replayed`` (its stored ack) or ``pending`` (202)."""
@@ -191,7 +197,7 @@ class SyncService:
 
     async def _downlink(self, pull: Pull, brand_id: str, now: int) -> Downlink:
         page = await self.storage.downlink_page(brand_id, pull.cursor, pull.limit)
-        customers = tuple(_record(c) for c in page.customers)
+        customers = tuple(_record(c, page.expiring.get(c.customer_id, ())) for c in page.customers)
         more = len(customers) == pull.limit
         if more:
             to_cursor = customers[-1].version
@@ -213,8 +219,11 @@ class SyncService:
             at=now,
             customers=customers,
             program=page.program,
+            cloud_keys=await self.key_chain.after(pull.cloud_key_id),
         )
 
 
-def _record(c: CustomerState) -> CustomerRecord:
-    return CustomerRecord(c.customer_id, c.name, c.phone, c.email, c.card_code, c.balance, c.version)
+def _record(c: CustomerState, expiring: tuple[tuple[int, int], ...]) -> CustomerRecord:
+    groups = tuple(json.loads(c.groups))
+    return CustomerRecord(c.customer_id, c.name, c.phone, c.email, c.card_code, c.balance, c.version, groups,
+                          c.opted_out, expiring)

@@ -79,6 +79,15 @@ class Dialect:
         first = dt.datetime.fromtimestamp(month_starts[0] / 1000, dt.UTC)
         return f"(width_bucket({column_ms}, ${n}::bigint[]) - 1 + ${n + 1})", [
             list(month_starts), first.year * 12 + first.month - 1]
+    def any_int(self, column: str, n: int) -> str:
+        """``column`` is one of the integers in parameter ``$n`` (pass ``self.ints(...)``)."""
+        if self.sqlite:
+            return f"{column} IN (SELECT value FROM json_each(${n}))"
+        return f"{column} = ANY(${n}::bigint[])"
+
+    def ints(self, values: Sequence[int]) -> Any:
+        """A list parameter for :meth:`any_int`."""
+        return json.dumps(list(values)) if self.sqlite else list(values)
 
     @property
     def for_update(self) -> str:

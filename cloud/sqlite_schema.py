@@ -145,9 +145,176 @@ MIGRATIONS: tuple[Migration, ...] = (
                 revoked_at INTEGER
             )""",
         ),
+    ),    Migration(
+        "0004_messages_and_portal",
+        (
+            # The outbox: written in the transaction of the event that causes a message, unique per
+            # event (dedupe_key), claimed by one dispatcher at a time (claim_token until claimed_until).
+            # No address here: it is read from the customer when the message is sent.
+            """CREATE TABLE messages (
+                message_id INTEGER PRIMARY KEY,
+                dedupe_key TEXT NOT NULL UNIQUE,
+                brand_id TEXT NOT NULL,
+                customer_id TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                data TEXT NOT NULL,
+                status TEXT NOT NULL DEFAULT 'pending',
+                channel TEXT,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                next_attempt_at INTEGER NOT NULL DEFAULT 0,
+                claimed_until INTEGER,
+                claim_token TEXT,
+                last_error TEXT,
+                provider_ref TEXT,
+                created_at INTEGER NOT NULL,
+                finished_at INTEGER
+            )""",
+            "CREATE INDEX messages_open ON messages (next_attempt_at) WHERE status IN ('pending', 'sending')",
+            "CREATE INDEX messages_customer ON messages (customer_id)",
+            # Every grant or withdrawal of consent to be contacted, newest wins per channel.
+            """CREATE TABLE consents (
+                id INTEGER PRIMARY KEY,
+                brand_id TEXT NOT NULL,
+                customer_id TEXT NOT NULL,
+                channel TEXT NOT NULL,
+                granted INTEGER NOT NULL,
+                at INTEGER NOT NULL,
+                source TEXT NOT NULL,
+                terminal_id TEXT,
+                staff TEXT
+            )""",
+            "CREATE INDEX consents_customer ON consents (customer_id)",
+            # Customers enrolled before this migration: their enrollment consent becomes records.
+            """INSERT INTO consents (brand_id, customer_id, channel, granted, at, source, terminal_id, staff)
+               SELECT c.brand_id, c.customer_id, j.value, 1, json_extract(c.consent, '$.at'),
+                      json_extract(c.consent, '$.source'), o.terminal_id, json_extract(c.consent, '$.staff')
+               FROM customers c JOIN json_each(c.consent, '$.channels') j
+               LEFT JOIN ops o ON o.customer_id = c.customer_id AND o.kind = 'enroll' AND o.status = 'applied'
+               ORDER BY c.created_at, c.customer_id""",
+            "CREATE INDEX customers_brand_phone ON customers (brand_id, phone)",
+            "CREATE INDEX customers_brand_email ON customers (brand_id, email)",
+            # Portal sign-in codes: keyed hashes of the contact and the code, never the values.
+            """CREATE TABLE otp_challenges (
+                challenge_id TEXT PRIMARY KEY,
+                brand_id TEXT NOT NULL,
+                contact_hash TEXT NOT NULL,
+                code_hash TEXT NOT NULL,
+                created_at INTEGER NOT NULL,
+                expires_at INTEGER NOT NULL,
+                tries INTEGER NOT NULL,
+                used_at INTEGER
+            )""",
+            "CREATE INDEX otp_challenges_expiry ON otp_challenges (expires_at)",
+            # Fixed-window attempt counters (per contact, per client address), kept across restarts.
+            """CREATE TABLE portal_limits (
+                key TEXT PRIMARY KEY,
+                window_start INTEGER NOT NULL,
+                count INTEGER NOT NULL
+            )""",
+            """CREATE TABLE portal_sessions (
+                token_hash TEXT PRIMARY KEY,
+                brand_id TEXT NOT NULL,
+                customer_id TEXT NOT NULL,
+                created_at INTEGER NOT NULL,
+                expires_at INTEGER NOT NULL
+            )""",
+        ),
     ),
     Migration(
-        "0004_brand_counters",
+        "0005_store_keys",
+        (
+            # A revoked store: its batches, pulls and key changes are refused, with the reason.
+            "ALTER TABLE stores ADD COLUMN revoked_at INTEGER",
+            "ALTER TABLE stores ADD COLUMN revoke_reason TEXT",
+            # After a rotation the old key works until expires_at (the overlap window); replaced_by
+            # names its successor, so a key is replaced once.
+            "ALTER TABLE store_keys ADD COLUMN expires_at INTEGER",
+            "ALTER TABLE store_keys ADD COLUMN replaced_by TEXT",
+            # One-time enrollment tokens: only their SHA-256; key_id is the key that claimed one.
+            """CREATE TABLE claim_tokens (
+                token_hash BLOB PRIMARY KEY,
+                store_id TEXT NOT NULL REFERENCES stores(store_id),
+                created_at INTEGER NOT NULL,
+                expires_at INTEGER NOT NULL,
+                used_at INTEGER,
+                key_id TEXT
+            )""",
+            "CREATE INDEX claim_tokens_store ON claim_tokens (store_id)",
+            # The cloud's signing keys, version 1 first; each later one with its announcement
+            # (signed by the key before it), sent down to the edges.
+            """CREATE TABLE cloud_keys (
+                version INTEGER PRIMARY KEY,
+                key_id TEXT NOT NULL UNIQUE,
+                public_key BLOB NOT NULL UNIQUE,
+                announcement BLOB,
+                overlap_ms INTEGER NOT NULL,
+                created_at INTEGER NOT NULL
+            )""",
+        ),
+    ),
+    Migration(
+        "0006_loyalty_ops",
+        (
+            # Customer groups (JSON list) and opt-out: what the earning rules check.
+            "ALTER TABLE customers ADD COLUMN groups TEXT NOT NULL DEFAULT '[]'",
+            "ALTER TABLE customers ADD COLUMN opted_out INTEGER NOT NULL DEFAULT 0",
+            # The earn's basis (sale, version, rated customer) and what refunds took back, per sale.
+            "ALTER TABLE sales ADD COLUMN basis BLOB",
+            "ALTER TABLE sales ADD COLUMN returned TEXT NOT NULL DEFAULT '{}'",
+            "ALTER TABLE sales ADD COLUMN earn_reversed INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE sales ADD COLUMN redeem_returned INTEGER NOT NULL DEFAULT 0",
+            # Ops applied as the edge computed them while the cloud computed otherwise.
+            """CREATE TABLE mismatches (
+                id INTEGER PRIMARY KEY,
+                store_id TEXT NOT NULL,
+                op_id TEXT NOT NULL,
+                customer_id TEXT NOT NULL,
+                sale_id TEXT,
+                kind TEXT NOT NULL,
+                program_version INTEGER,
+                edge_points INTEGER NOT NULL,
+                cloud_points INTEGER,
+                reason TEXT NOT NULL,
+                at INTEGER NOT NULL,
+                created_at INTEGER NOT NULL
+            )""",
+            "CREATE INDEX mismatches_store ON mismatches (store_id)",
+            # Reversals the refund policy clamped at zero or took below zero.
+            """CREATE TABLE shortfalls (
+                id INTEGER PRIMARY KEY,
+                store_id TEXT NOT NULL,
+                op_id TEXT NOT NULL,
+                customer_id TEXT NOT NULL,
+                sale_id TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                policy TEXT NOT NULL,
+                points INTEGER NOT NULL,
+                balance_after INTEGER NOT NULL,
+                at INTEGER NOT NULL,
+                created_at INTEGER NOT NULL
+            )""",
+            "CREATE INDEX shortfalls_store ON shortfalls (store_id)",
+            # Operators' adjustments made in the cloud (the ledger entry carries the points).
+            """CREATE TABLE adjustments (
+                op_id TEXT PRIMARY KEY,
+                brand_id TEXT NOT NULL,
+                customer_id TEXT NOT NULL,
+                points INTEGER NOT NULL,
+                reason TEXT NOT NULL,
+                actor TEXT NOT NULL,
+                operator_id TEXT,
+                balance_after INTEGER NOT NULL,
+                version INTEGER NOT NULL,
+                at INTEGER NOT NULL
+            )""",
+            "CREATE INDEX adjustments_customer ON adjustments (customer_id)",
+            # A signup bonus is granted once per customer, ever: the ledger itself refuses a second.
+            "CREATE UNIQUE INDEX ledger_entries_signup_once ON ledger_entries (customer_id)"
+            " WHERE kind = 'signup_bonus'",
+        ),
+    ),
+    Migration(
+        "0007_brand_counters",
         (
             # One change counter per brand instead of one for the whole ledger, so brands never
             # wait on the same row. Each starts at the old global value: no edge's cursor moves back.
@@ -161,7 +328,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     Migration(
-        "0005_inbox",
+        "0008_inbox",
         (
             # Verified batches waiting for the reconciler; a row leaves when its batch is applied.
             """CREATE TABLE inbox (
@@ -190,7 +357,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     Migration(
-        "0006_reports",
+        "0009_reports",
         (
             # Reports read ledger entries by store and time (a brand is its stores); the covering
             # columns answer them from the index alone.

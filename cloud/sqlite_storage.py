@@ -22,28 +22,43 @@ from typing import Any
 
 import aiosqlite
 
+from protocol import Program
+
+from .engagement_store import SqlEngagement, insert_consents, insert_messages
 from .errors import StoreError
-from .ledger import CLAIM_SELECT, CONFLICT_COLUMNS, CUSTOMER_COLUMNS, SqlLedger
+from .ledger import (
+    CLAIM_SELECT,
+    CONFLICT_COLUMNS,
+    CUSTOMER_COLUMNS,
+    MISMATCH_COLUMNS,
+    SHORTFALL_COLUMNS,
+    SqlLedger,
+    programs_by_version,
+)
 from .migrations import pending
 from .model import (
     BatchCommit,
     BatchOutcome,
     ChainHead,
     Claim,
-    CustomerState,
     LedgerState,
     OpRecord,
-    SaleState,
     astuple,
     claim_from_row,
+    customer_from_row,
+    sale_from_row,
 )
 from .sql import SQLITE, Row, Session, to_sqlite
 from .sqlite_schema import MIGRATIONS, MIGRATIONS_TABLE
+from .store_keys_store import SqlStoreKeys
 
 log = logging.getLogger(__name__)
 
 
-_SALE_COLS = "store_id, sale_id, customer_id, earned, redeemed, voided_by, voided_at"
+_SALE_COLS = (
+    "store_id, sale_id, customer_id, earned, redeemed, voided_by, voided_at, basis, returned, earn_reversed,"
+    " redeem_returned"
+)
 _OP_COLS = (
     "op_id, digest, store_id, seq, kind, terminal_id, customer_id, status, code, points,"
     " program_version, note, at, created_at"
@@ -142,10 +157,13 @@ class _SQLiteTx:
         return LedgerState(
             program_version=head[0][0],
             counter=0,  # versions are handed out relative to 0, then moved past the brand's counter
-            customers={r[0]: CustomerState(*r) for r in customers},
-            sales={r[1]: SaleState(*r) for r in sales},
+            customers={r[0]: customer_from_row(r) for r in customers},
+            sales={r[1]: sale_from_row(r) for r in sales},
             ops={r[0]: OpRecord(r[0], bytes(r[1]), *r[2:]) for r in ops},
         )
+
+    async def load_programs(self, brand_id: str, versions: Sequence[int]) -> dict[int, Program]:
+        return await programs_by_version(_SQLiteSession(self._conn), brand_id, versions)
 
     async def save_rows(self, outcome: BatchOutcome) -> None:
         conn, out = self._conn, outcome
@@ -156,7 +174,9 @@ class _SQLiteTx:
             conn,
             f"INSERT INTO sales ({_SALE_COLS}) VALUES ({_marks(_SALE_COLS)})"
             " ON CONFLICT (store_id, sale_id) DO UPDATE SET earned = excluded.earned,"
-            " redeemed = excluded.redeemed, voided_by = excluded.voided_by, voided_at = excluded.voided_at",
+            " redeemed = excluded.redeemed, voided_by = excluded.voided_by, voided_at = excluded.voided_at,"
+            " basis = excluded.basis, returned = excluded.returned, earn_reversed = excluded.earn_reversed,"
+            " redeem_returned = excluded.redeem_returned",
             (astuple(s) for s in out.sales),
         )
         await _many(
@@ -169,6 +189,16 @@ class _SQLiteTx:
             conn,
             f"INSERT INTO conflicts ({CONFLICT_COLUMNS}) VALUES ({_marks(CONFLICT_COLUMNS)})",
             (astuple(c) for c in out.conflicts),
+        )
+        await _many(
+            conn,
+            f"INSERT INTO mismatches ({MISMATCH_COLUMNS}) VALUES ({_marks(MISMATCH_COLUMNS)})",
+            (astuple(m) for m in out.mismatches),
+        )
+        await _many(
+            conn,
+            f"INSERT INTO shortfalls ({SHORTFALL_COLUMNS}) VALUES ({_marks(SHORTFALL_COLUMNS)})",
+            (astuple(s) for s in out.shortfalls),
         )
 
     async def take_versions(self, brand_id: str, count: int) -> int:
@@ -188,9 +218,12 @@ class _SQLiteTx:
             f"INSERT INTO customers ({CUSTOMER_COLUMNS}) VALUES ({_marks(CUSTOMER_COLUMNS)})"
             " ON CONFLICT (customer_id) DO UPDATE SET name = excluded.name, phone = excluded.phone,"
             " email = excluded.email, card_code = excluded.card_code, balance = excluded.balance,"
-            " version = excluded.version, updated_at = excluded.updated_at",
+            " version = excluded.version, updated_at = excluded.updated_at, groups = excluded.groups,"
+            " opted_out = excluded.opted_out",
             (astuple(c) for c in out.customers),
         )
+        await insert_messages(_SQLiteSession(conn), commit.messages)
+        await insert_consents(_SQLiteSession(conn), commit.consents)
         await _q(
             conn,
             "INSERT INTO batches (store_id, seq, hash, body, ack, at, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -207,7 +240,7 @@ class _SQLiteTx:
         await _q(conn, "DELETE FROM inbox WHERE store_id = ? AND seq = ?", (commit.store_id, commit.seq))
 
 
-class SQLiteStorage(SqlLedger):
+class SQLiteStorage(SqlStoreKeys, SqlEngagement, SqlLedger):
     """The SQLite ledger at ``path`` (created and migrated by ``open``)."""
 
     single_writer = True

@@ -13,13 +13,24 @@ backend modules.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 from protocol import Program
 
+from .engagement_model import (
+    ConsentRecord,
+    MessageContact,
+    MessageRecord,
+    MessageResult,
+    OtpChallenge,
+    OutboxMessage,
+    PortalEnrollment,
+    PortalSession,
+)
 from .model import (
+    AdjustmentRecord,
     BalanceMismatch,
     BatchCommit,
     BatchOutcome,
@@ -28,17 +39,23 @@ from .model import (
     ChainHead,
     Claim,
     ConflictRecord,
+    CustomerState,
     DownlinkPage,
+    ExpirySummary,
     InboxBatch,
     KeyRecord,
+    LedgerEntry,
     LedgerState,
     LiabilityRow,
+    MismatchRecord,
     OperatorRecord,
     Received,
+    ShortfallRecord,
     StoreRecord,
     StoreSync,
 )
 from .sql import Row
+from .store_keys_model import ClaimedStore, ClaimTokenRecord, CloudKeyRecord, RotatedKey
 
 
 class LedgerTx(Protocol):
@@ -63,8 +80,13 @@ class LedgerTx(Protocol):
         sale_ids: Sequence[str],
     ) -> LedgerState: ...
 
+    async def load_programs(self, brand_id: str, versions: Sequence[int]) -> Mapping[int, Program]:
+        """The brand's program at each of ``versions`` (the ones that exist)."""
+        ...
+
     async def save_rows(self, outcome: BatchOutcome) -> None:
-        """The outcome's rows that carry no version: ops, sales, ledger entries, conflicts."""
+        """The outcome's rows that carry no version: ops, sales, ledger entries, conflicts,
+        mismatches, shortfalls."""
         ...
 
     async def take_versions(self, brand_id: str, count: int) -> int:
@@ -73,9 +95,23 @@ class LedgerTx(Protocol):
         ...
 
     async def save_batch(self, commit: BatchCommit) -> None:
-        """The customers (with their final versions), the batch and its ack, the store's
-        applied head; the batch leaves the inbox."""
+        """The customers (with their final versions), the batch's messages and consents,
+        the batch and its ack, the store's applied head; the batch leaves the inbox."""
         ...
+
+
+class PortalTx(Protocol):
+    """A write transaction for the portal's sign-in codes and attempt counters (``otp``)."""
+
+    async def challenge(self, challenge_id: str) -> OtpChallenge | None:
+        """The challenge, locked until the transaction ends."""
+
+    async def save_challenge(self, challenge: OtpChallenge) -> None:
+        """Insert, or update its tries and used_at."""
+
+    async def count(self, key: str, window_start: int, add: int) -> int:
+        """Add ``add`` to the counter ``key`` in the window starting at ``window_start``
+        (a newer window starts from zero) and return its value; ``add=0`` reads it."""
 
 
 class Storage(Protocol):
@@ -120,6 +156,14 @@ class Storage(Protocol):
 
     async def list_conflicts(self, store_id: str | None = None) -> list[ConflictRecord]: ...
 
+    async def list_mismatches(self, store_id: str | None = None) -> list[MismatchRecord]:
+        """Ops applied as the edge computed them while the cloud computed otherwise."""
+        ...
+
+    async def list_shortfalls(self, store_id: str | None = None) -> list[ShortfallRecord]:
+        """Reversals the refund policy clamped at zero or took below zero."""
+        ...
+
     async def audit_balances(self) -> list[BalanceMismatch]: ...
 
     async def applied_migrations(self) -> list[tuple[str, int]]: ...
@@ -159,6 +203,31 @@ class Storage(Protocol):
 
     async def revoke_key(self, key_id: str, now: int) -> KeyRecord: ...
 
+    # ---- enrollment, key rotation and revocation (store_keys_store.SqlStoreKeys; KeyRefused for a requester)
+    async def add_store_to_claim(
+        self, store_id: str, brand_id: str, token_hash: bytes, expires_at: int, now: int
+    ) -> StoreRecord: ...
+
+    async def new_claim_token(self, store_id: str, token_hash: bytes, expires_at: int, now: int) -> None: ...
+
+    async def claim_tokens(self, store_id: str) -> list[ClaimTokenRecord]: ...
+
+    async def claim_store(self, token_hash: bytes, public_key: bytes, now: int) -> ClaimedStore: ...
+
+    async def rotate_store_key(
+        self, store_id: str, old_key_id: str, public_key: bytes, old_key_expires_at: int, now: int
+    ) -> RotatedKey: ...
+
+    async def store_keys(self, store_id: str) -> list[KeyRecord]: ...
+
+    async def set_key_expiry(self, store_id: str, expires_at: int) -> list[KeyRecord]: ...
+
+    async def revoke_store(self, store_id: str, reason: str, now: int) -> StoreRecord: ...
+
+    async def cloud_keys(self) -> list[CloudKeyRecord]: ...
+
+    async def add_cloud_key(self, record: CloudKeyRecord) -> CloudKeyRecord: ...
+
     # ---- operators of the admin API (tokens are stored as their SHA-256 only)
     async def add_operator(
         self, operator_id: str, name: str, brand_id: str | None, token_hash: bytes, now: int
@@ -169,3 +238,61 @@ class Storage(Protocol):
     async def list_operators(self) -> list[OperatorRecord]: ...
 
     async def revoke_operator(self, operator_id: str, now: int) -> OperatorRecord: ...
+
+    # ---- messages (see cloud/messages.py and cloud/dispatcher.py)
+    async def add_messages(self, messages: Sequence[OutboxMessage]) -> int:
+        """Write messages in a transaction of their own; a dedupe key already stored is kept.
+        Returns how many were new. (In another transaction: ``engagement_store.insert_messages``.)"""
+
+    async def claim_messages(self, now: int, limit: int, lease_ms: int, claim_token: str) -> list[MessageRecord]:
+        """Due messages (pending and due, or sending with an expired lease), marked sending under
+        ``claim_token`` until ``now + lease_ms``; no two claims get the same message at once."""
+
+    async def finish_messages(self, claim_token: str, results: Sequence[tuple[int, MessageResult]]) -> int:
+        """Record how claimed messages (by id) ended, in one transaction; how many were recorded
+        (a message whose claim was lost, its lease over and taken again, is left alone)."""
+
+    async def message_contacts(self, customer_ids: Sequence[str]) -> dict[str, MessageContact]:
+        """Where messages to these customers may go now: addresses and consented channels
+        (a customer not found is left out)."""
+
+    async def list_messages(self, customer_id: str | None = None) -> list[MessageRecord]: ...
+
+    async def record_consent(self, record: ConsentRecord) -> None: ...
+
+    async def consent_history(self, customer_id: str) -> list[ConsentRecord]: ...
+
+    # ---- the self-enrollment portal (see cloud/portal/)
+    async def find_customer(self, brand_id: str, *, phone: str | None = None,
+                            email: str | None = None) -> CustomerState | None: ...
+
+    async def get_customer(self, customer_id: str) -> CustomerState | None: ...
+
+    async def customer_entries(self, customer_id: str) -> list[LedgerEntry]: ...
+
+    async def enroll_customer(self, enrollment: PortalEnrollment, signup_bonus: int,
+                              bonus_op_id: str) -> tuple[CustomerState, bool]:
+        """Create the customer (next change version, consents, signup bonus, welcome message) in one
+        transaction, or return the brand's customer with that phone or email (False: not created)."""
+
+    def portal_tx(self) -> AbstractAsyncContextManager[PortalTx]: ...
+
+    async def create_session(self, session: PortalSession) -> None: ...
+
+    async def find_session(self, token_hash: str, now: int) -> PortalSession | None:
+        """The session if it exists and has not expired at ``now``."""
+
+    async def delete_session(self, token_hash: str) -> None: ...
+
+    async def prune_portal(self, now: int, limit_window_ms: int) -> int:
+        """Delete expired codes and sessions and stale counters; how many rows went."""
+
+    # ---- balance changes made in the cloud (each goes down to the edges as a new customer version)
+    async def adjust_balance(
+        self, brand_id: str, customer_id: str, points: int, reason: str, actor: str, now: int,
+        operator_id: str | None = None,
+    ) -> AdjustmentRecord: ...
+
+    async def run_expiry(self, now: int) -> ExpirySummary:
+        """Expire every point due at ``now``; idempotent, safe to run twice or to interrupt."""
+        ...

@@ -26,11 +26,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from protocol import Ack, Batch, MessageType, OpStatus, ProtocolError, decode_batch, encode_ack, seal
+from protocol import Ack, Batch, MessageType, Op, OpStatus, ProtocolError, decode_batch, encode_ack, seal
+from protocol.refunds import basis_version
 
 from .errors import StoreError
 from .keys import CloudKey
-from .model import BatchCommit, BatchOutcome, Claim, versioned
+from .messages import batch_effects, needs_program
+from .model import BatchCommit, BatchOutcome, Claim, LedgerState, versioned
 from .reconciler import reconcile
 from .storage import Storage
 
@@ -98,9 +100,11 @@ class Worker:
                 customer_ids=[op.customer_id for op in ops],
                 sale_ids=[sid for op in ops if isinstance(sid := getattr(op, "sale_id", None), str)],
             )
+            programs = await tx.load_programs(head.brand_id, sorted(program_versions(ops, state)))
             now = self.clock()
             decided = reconcile(
-                store_id=head.store_id, brand_id=head.brand_id, seq=claim.seq, ops=ops, state=state, now=now
+                store_id=head.store_id, brand_id=head.brand_id, seq=claim.seq, ops=ops, state=state, now=now,
+                programs=programs,
             )
             await tx.save_rows(decided)
             # Last, and only if the batch changed someone: the brand's counter, locked to commit.
@@ -108,6 +112,9 @@ class Worker:
             outcome = versioned(decided, base)
             ack = Ack(head.store_id, claim.seq, claim.hash, now, outcome.results, outcome.balances)
             sealed = seal(MessageType.ACK, encode_ack(ack), self.cloud_key.private, self.cloud_key.key_id)
+            current = state.program_version
+            program = programs.get(current) if current is not None and needs_program(outcome) else None
+            effects = batch_effects(outcome, program)
             await tx.save_batch(
                 BatchCommit(
                     store_id=head.store_id,
@@ -120,16 +127,21 @@ class Worker:
                     at=claim.at,
                     received_at=claim.received_at,
                     outcome=outcome,
+                    messages=effects.messages,
+                    consents=effects.consents,
                 )
             )
         applied = Applied(head.store_id, claim.seq, sealed, outcome, time.perf_counter() - started)
         log.info(
-            "store %s batch %d: %d ops, %d refused, %d applied with a note (see ops.note)",
+            "store %s batch %d: %d ops, %d refused, %d applied with a note (see ops.note), %d mismatches,"
+            " %d shortfalls",
             head.store_id,
             claim.seq,
             len(ops),
             sum(1 for r in outcome.results if r.status is OpStatus.REFUSED),
             sum(1 for r in outcome.ops if r.note is not None),
+            len(outcome.mismatches),
+            len(outcome.shortfalls),
         )
         if self.on_applied is not None:
             self.on_applied(applied)
@@ -177,3 +189,12 @@ def _decode(claim: Claim) -> Batch:
 
 def _key(claim: Claim) -> tuple[str, int, bytes]:
     return claim.head.store_id, claim.seq, claim.hash
+
+
+def program_versions(ops: tuple[Op, ...], state: LedgerState) -> set[int]:
+    """The program versions a batch needs: those its ops name, its sales' earns were rated with, the current."""
+    versions = {v for op in ops if isinstance(v := getattr(op, "program_version", None), int)}
+    versions.update(basis_version(s.basis) for s in state.sales.values() if s.basis is not None)
+    if state.program_version is not None:
+        versions.add(state.program_version)
+    return versions

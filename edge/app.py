@@ -89,6 +89,7 @@ async def _sync_ctx(app: web.Application) -> AsyncIterator[None]:
         clock=app[CLOCK],
         batch_size=config.batch_size,
         interval=config.sync_interval,
+        key_path=config.key_path,
     )
     app[SYNC] = sync
     task = asyncio.create_task(sync.run(), name="edge-sync")

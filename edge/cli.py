@@ -1,4 +1,4 @@
-"""``loyalty-edge``: init, serve, pair, terminals, status, discover."""
+"""``loyalty-edge``: init (by claim token or by hand), serve, pair, terminals, status, rotate-key, discover."""
 
 from __future__ import annotations
 
@@ -11,12 +11,18 @@ import time
 import urllib.request
 from pathlib import Path
 
-from protocol import key_id_for, public_bytes, uuid7
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from protocol import ProtocolError, key_id_for, public_bytes, uuid7
+from protocol.key_messages import Enrollment, StoreKeyRotated
+from runtime.logsetup import configure as configure_logging
+
+from .cloud_client import CloudClient
+from .cloud_trust import pin
 from .config import ConfigError, EdgeConfig, build_config, load_config, write_config
 from .db import connect, migrate
+from .errors import CloudRefused, CloudUnavailable
 from .keyfile import KeyFileError, create_key, load_key
-from .logsetup import configure as configure_logging
 from .store import EdgeStore, set_meta
 from .terminals import create_pairing_code, list_terminals, revoke_terminal
 
@@ -33,8 +39,24 @@ def _load(args: argparse.Namespace) -> EdgeConfig:
     return load_config(_config_path(args))
 
 
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+async def _claim(args: argparse.Namespace, key: Ed25519PrivateKey) -> Enrollment:
+    from .enroll import claim
+
+    pinned = bytes.fromhex(args.cloud_public_key) if args.cloud_public_key else None
+    async with CloudClient(args.cloud_url) as client:
+        return await claim(client, args.claim_token, key, _now_ms, pinned=pinned)
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     data = Path(args.data).resolve()
+    if not args.claim_token and not (args.store_id and args.cloud_public_key):
+        print("error: give --claim-token (from `loyalty-cloud store add`), or both --store-id and "
+              "--cloud-public-key", file=sys.stderr)
+        return 2
     values = {
         "data_dir": str(data),
         "store_id": args.store_id,
@@ -49,21 +71,41 @@ def cmd_init(args: argparse.Namespace) -> int:
     }
     if args.key_file:
         values["key_file"] = str(Path(args.key_file).resolve())
-    config = build_config(values, env={})
-    data.mkdir(parents=True, exist_ok=True)
-    data.chmod(0o700)
+    # every setting is checked before the cloud hears of this node (the claim fills in the two it answers)
+    probe_key = public_bytes(Ed25519PrivateKey.generate().public_key()).hex()
+    config = build_config({**values, "store_id": args.store_id or "enrolling",
+                           "cloud_public_key": args.cloud_public_key or probe_key}, env={})
     path = Path(args.config) if args.config else data / "edge.toml"
     if path.exists() and not args.force:
         print(f"{path} exists; pass --force to rewrite it", file=sys.stderr)
         return 2
+    data.mkdir(parents=True, exist_ok=True)
+    data.chmod(0o700)
     key = load_key(config.key_path) if config.key_path.exists() else create_key(config.key_path)
+    enrolled: dict[str, object] = {}
+    cloud_key_version = 0
+    if args.claim_token:
+        try:
+            enrollment = asyncio.run(_claim(args, key))
+        except (CloudRefused, CloudUnavailable, ProtocolError) as exc:
+            print(f"error: enrollment failed, nothing was registered for this node: {exc}", file=sys.stderr)
+            return 1
+        if args.store_id and args.store_id != enrollment.store_id:
+            print(f"error: the claim token is for store {enrollment.store_id}, not {args.store_id}", file=sys.stderr)
+            return 2
+        values.update(store_id=enrollment.store_id, cloud_public_key=enrollment.cloud_public_key.hex())
+        cloud_key_version = enrollment.cloud_key_version
+        enrolled = {"brand_id": enrollment.brand_id, "cloud_key_id": enrollment.cloud_key_id,
+                    "cloud_key_version": cloud_key_version}
+    config = build_config(values, env={})
     EdgeStore.initialise(config.db_path)
     conn = connect(config.db_path)
     try:
         conn.execute("BEGIN IMMEDIATE")
         if conn.execute("SELECT 1 FROM meta WHERE key = 'node_id'").fetchone() is None:
-            set_meta(conn, "node_id", uuid7(int(time.time() * 1000)))
+            set_meta(conn, "node_id", uuid7(_now_ms()))
         set_meta(conn, "store_id", config.store_id)
+        pin(config.cloud_key_bytes(), cloud_key_version, _now_ms())(conn)
         conn.execute("COMMIT")
     finally:
         conn.close()
@@ -72,7 +114,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     path.chmod(0o600)
     public = key.public_key()
     print(json.dumps({"store_id": config.store_id, "key_id": key_id_for(public),
-                      "public_key": public_bytes(public).hex(), "config": str(path)}))
+                      "public_key": public_bytes(public).hex(), "config": str(path), **enrolled}))
     return 0
 
 
@@ -182,13 +224,29 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_new_key(args: argparse.Namespace) -> int:
-    """A new signing key for a rotation; the running key is never overwritten."""
-    path = Path(args.key_file)
-    key = create_key(path)
-    path.chmod(0o600)
-    public = key.public_key()
-    print(json.dumps({"key_id": key_id_for(public), "public_key": public_bytes(public).hex(), "key_file": str(path)}))
+def cmd_rotate_key(args: argparse.Namespace) -> int:
+    """A new store key, announced to the cloud (signed by the old and the new), then switched to."""
+    from .key_rotation import announce, prepare, switch
+
+    config = _load(args)
+    plan = prepare(config)
+
+    async def run() -> StoreKeyRotated:
+        async with CloudClient(config.cloud_url) as client:
+            return await announce(plan, config.store_id, client, _now_ms)
+
+    try:
+        answer = asyncio.run(run())
+    except (CloudRefused, CloudUnavailable, ProtocolError) as exc:
+        print(f"error: the cloud did not take the new key; the old one stays in use ({exc}). Run rotate-key "
+              f"again: it reuses {plan.new_path}", file=sys.stderr)
+        return 1
+    switch(plan, config.key_path)
+    print(json.dumps({"old_key_id": plan.old_key_id, "key_id": plan.key_id,
+                      "old_key_expires_at": answer.old_key_expires_at,
+                      "key_file": str(config.key_path), "batches_waiting": plan.batches_waiting}))
+    print("a running edge signs with the new key from its next sync round (under systemd: restart it); batches "
+          "cut before are sent under the old key until it expires", file=sys.stderr)
     return 0
 
 
@@ -232,11 +290,14 @@ def parser() -> argparse.ArgumentParser:
         group.add_argument("--config", help="path of edge.toml")
         return p
 
-    init = sub.add_parser("init", help="provision this node: key pair, database, config")
+    init = sub.add_parser("init", help="provision this node: key pair, enrollment, database, config")
     init.add_argument("--data", required=True)
-    init.add_argument("--store-id", required=True)
     init.add_argument("--cloud-url", required=True)
-    init.add_argument("--cloud-public-key", required=True, help="the cloud's Ed25519 public key (hex), pinned")
+    init.add_argument("--claim-token", help="from `loyalty-cloud store add`: enroll, learn the store id and the cloud "
+                      "key (only the public key leaves this node)")
+    init.add_argument("--store-id", help="needed without --claim-token (else checked against the token's store)")
+    init.add_argument("--cloud-public-key", help="the cloud's Ed25519 public key (hex), pinned; needed without "
+                      "--claim-token (else the enrollment must come from this key)")
     init.add_argument("--host", default="127.0.0.1")
     init.add_argument("--port", type=int, default=8700)
     init.add_argument("--interface", action="append", help="IP address to serve zeroconf on (repeatable)")
@@ -271,9 +332,9 @@ def parser() -> argparse.ArgumentParser:
     restore.add_argument("--cloud-last-seq", type=int, default=None,
                          help="the store's seq in `loyalty-cloud store list` (needed when the database is lost)")
     restore.set_defaults(func=cmd_restore)
-    new_key = sub.add_parser("new-key", help="create a new signing key file (for a key rotation; never overwrites)")
-    new_key.add_argument("--key-file", required=True)
-    new_key.set_defaults(func=cmd_new_key)
+    with_config(sub.add_parser(
+        "rotate-key", help="a new signing key, announced to the cloud (signed by the old and the new key), "
+        "then switched to")).set_defaults(func=cmd_rotate_key)
     sub.add_parser(
         "technician-password",
         help="hash a technician password (stdin) into the edge.toml line that opens /status on the LAN",

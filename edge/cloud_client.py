@@ -43,20 +43,26 @@ class CloudClient:
 
     async def post_envelope(self, path: str, envelope: bytes) -> bytes:
         """POST a signed envelope; return the signed answer's bytes."""
+        return await self._request("POST", path, envelope)
+
+    async def get_bytes(self, path: str) -> bytes:
+        """GET a msgpack answer (the cloud key chain: each link carries its own signature)."""
+        return await self._request("GET", path, None)
+
+    async def _request(self, method: str, path: str, body: bytes | None) -> bytes:
         url = f"{self.base_url}{path}"
+        headers = {"Accept": MSGPACK} if body is None else {"Content-Type": MSGPACK, "Accept": MSGPACK}
         try:
-            async with self._get_session().post(
-                url, data=envelope, headers={"Content-Type": MSGPACK, "Accept": MSGPACK}
-            ) as response:
+            async with self._get_session().request(method, url, data=body, headers=headers) as response:
                 length = response.content_length
                 if length is not None and length > MAX_RESPONSE:
                     raise CloudUnavailable(f"{url}: answer of {length} bytes is too large")
-                body = await _read_bounded(response, MAX_RESPONSE)
-                if body is None:
+                answer = await _read_bounded(response, MAX_RESPONSE)
+                if answer is None:
                     raise CloudUnavailable(f"{url}: answer is too large")
                 if response.status == 200:
-                    return body
-                error = _error_of(body)
+                    return answer
+                error = _error_of(answer)
                 if response.status == 202:
                     raise CloudPending(f"{url}: {error.get('message', 'accepted, not yet applied')}",
                                        _retry_after(error.get("retry_after_ms")))

@@ -107,6 +107,41 @@ MIGRATIONS: list[tuple[str, str]] = [
         ) WITHOUT ROWID;
         """,
     ),
+    (
+        "0002_cloud_keys",
+        """
+        -- The cloud keys this node accepts: the pinned one, then each announced successor
+        -- (seq: the order they were trusted in, the newest last). version is the cloud's
+        -- number (0 for a key pinned by hand). A key is refused from retire_at on, set to
+        -- overlap_ms (of the first newer key seen in use) after that key was first seen.
+        CREATE TABLE cloud_keys (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            key_id TEXT NOT NULL UNIQUE,
+            public_key BLOB NOT NULL,
+            version INTEGER NOT NULL,
+            overlap_ms INTEGER NOT NULL,
+            announcement BLOB,
+            adopted_at INTEGER NOT NULL,
+            retire_at INTEGER
+        );
+        """,
+    ),
+    (
+        "0003_loyalty_ops",
+        """
+        ALTER TABLE customers ADD COLUMN groups TEXT NOT NULL DEFAULT '[]';
+        ALTER TABLE customers ADD COLUMN opted_out INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE customers ADD COLUMN expiring TEXT NOT NULL DEFAULT '[]';
+        ALTER TABLE sales ADD COLUMN basis BLOB;
+        ALTER TABLE sales ADD COLUMN returned TEXT NOT NULL DEFAULT '{}';
+        ALTER TABLE sales ADD COLUMN earn_reversed INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE sales ADD COLUMN redeem_returned INTEGER NOT NULL DEFAULT 0;
+        CREATE TABLE programs (
+            version INTEGER PRIMARY KEY,
+            body BLOB NOT NULL
+        );
+        """,
+    ),
 ]
 
 

@@ -15,13 +15,17 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
-from protocol import key_id_for, load_public_key
+from protocol import ProtocolError, key_id_for
+from protocol.key_messages import decode_key_chain
 
+from .cloud_trust import CloudTrust
 from .config import ConfigError, EdgeConfig, load_config
 from .health import DISK_FREE_FAILING_BYTES, DISK_FREE_FAILING_RATIO
 from .keyfile import KeyFileError, load_key
 
+MAX_CHAIN_BYTES = 256 * 1024
 MAX_SKEW_MS = 60_000  # the cloud refuses pulls beyond 5 minutes; warn well before
 
 
@@ -82,13 +86,32 @@ def check_cloud(config: EdgeConfig, now_ms: Callable[[], int]) -> list[Check]:
         return [Check("cloud", False, f"cannot reach {url}: {reason}",
                       "check the store's internet link, DNS and cloud_url; the edge keeps serving and queues ops")]
     checks = [Check("cloud", True, f"{url} answers")]
-    pinned = key_id_for(load_public_key(config.cloud_key_bytes()))
-    if data.get("key_id") != pinned:
-        checks.append(Check("cloud key", False, f"the cloud signs with {data.get('key_id')}, this edge pins {pinned}",
+    problem = _untrusted_cloud_key(config, str(data.get("key_id")), now_ms())
+    if problem is not None:
+        checks.append(Check("cloud key", False, problem,
                             "set cloud_public_key to the cloud's key (loyalty-cloud public-key); acks will fail"))
     if isinstance(data.get("time"), int):
         checks.append(check_clock(data["time"], now_ms()))
     return checks
+
+
+def _untrusted_cloud_key(config: EdgeConfig, key_id: str, now: int) -> str | None:
+    """None if the node trusts the key the cloud signs with, or will once it follows the announced chain."""
+    from .key_rotation import trusted_and_waiting
+
+    trust = CloudTrust(trusted_and_waiting(config, now)[0])
+    if not trust.knows(key_id):
+        url = f"{config.cloud_url.rstrip('/')}/v1/cloud-keys?after={quote(trust.newest.key_id, safe='')}"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                trust = trust.extend(decode_key_chain(response.read(MAX_CHAIN_BYTES + 1)))[0]
+        except (OSError, ProtocolError) as exc:
+            return f"the cloud signs with {key_id}, which this node does not trust ({exc})"
+    try:
+        trust.key(key_id, now)
+    except ProtocolError as exc:
+        return f"{exc.message}; this node trusts {trust.newest.key_id}"
+    return None
 
 
 def run(config_path: Path, *, now_ms: Callable[[], int] = lambda: int(time.time() * 1000)) -> list[Check]:

@@ -43,8 +43,11 @@ def judge(snapshot: dict[str, Any], now: float) -> Verdict:
     elif age > OUTBOX_AGE_DEGRADED_S:
         degraded.append(f"{outbox.get('depth')} ops waiting; the oldest for {int(age // 60)} min")
     sync = snapshot.get("sync", {})
+    if sync.get("refused"):  # retrying will not cure it: the store revoked, its key refused
+        failing.append(sync["refused"])
     last_ok = sync.get("last_success_at")
-    if sync.get("last_error") and (last_ok is None or now - last_ok > CLOUD_SILENCE_DEGRADED_S):
+    if sync.get("last_error") and not sync.get("refused") and (
+            last_ok is None or now - last_ok > CLOUD_SILENCE_DEGRADED_S):
         degraded.append(f"cloud unreachable: {sync['last_error']}")
     if failing:
         return Verdict("failing", failing + degraded)

@@ -57,7 +57,8 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "confirmed": {"type": "integer", "description": "Last balance confirmed by the cloud"},
             "pending": {"type": "integer", "description": "Sum of local ops the cloud has not confirmed"},
-            "available": {"type": "integer", "description": "confirmed minus pending debits: redeemable now"},
+            "available": {"type": "integer", "description": "confirmed minus pending debits and points whose"
+                          " expiry date has passed: redeemable now"},
         },
     },
     "Customer": {
@@ -69,7 +70,10 @@ SCHEMAS: dict[str, Any] = {
             "email": {"type": ["string", "null"]},
             "card_code": {"type": ["string", "null"]},
             "consent": {"type": ["object", "null"]},
+            "groups": {"type": "array", "items": {"type": "string"}, "description": "e.g. staff, wholesale"},
+            "opted_out": {"type": "boolean", "description": "an opted-out customer earns nothing"},
             "balance": _ref("Balance"),
+            "expiring_soon": {"type": "integer", "description": "points expiring in the next 30 days"},
             "created_at": {"type": "integer", "description": "ms since epoch"},
         },
     },
@@ -82,6 +86,8 @@ SCHEMAS: dict[str, Any] = {
             "phone": {"type": "string", "maxLength": 32},
             "email": {"type": "string", "maxLength": 254},
             "card_code": {"type": "string", "maxLength": 64},
+            "groups": {"type": "array", "maxItems": 20, "items": {"type": "string", "maxLength": 64}},
+            "opted_out": {"type": "boolean", "default": False},
             "consent": {
                 "type": "object",
                 "additionalProperties": False,
@@ -97,12 +103,14 @@ SCHEMAS: dict[str, Any] = {
     "ProfileUpdate": {
         "type": "object",
         "additionalProperties": False,
-        "description": "Fields to change; null removes phone, email or card_code.",
+        "description": "Fields to change; null removes phone, email or card_code; groups replaces the groups.",
         "properties": {
             "name": {"type": "string", "maxLength": 200},
             "phone": {"type": ["string", "null"]},
             "email": {"type": ["string", "null"]},
             "card_code": {"type": ["string", "null"]},
+            "groups": {"type": "array", "maxItems": 20, "items": {"type": "string", "maxLength": 64}},
+            "opted_out": {"type": "boolean"},
         },
     },
     "Earn": {
@@ -167,6 +175,7 @@ SCHEMAS: dict[str, Any] = {
             "breakdown": {"type": "object"},
             "program_kind": {"enum": ["points", "currency"]},
             "available": {"type": ["integer", "null"]},
+            "expiring_soon": {"type": ["integer", "null"], "description": "points expiring in the next 30 days"},
             "rewards": {"type": "array", "description": "points programs: rewards the customer can take now"},
             "max_loyalty_tender": {"type": ["integer", "null"], "description": "currency programs"},
         },
@@ -174,11 +183,45 @@ SCHEMAS: dict[str, Any] = {
     "Redeem": {
         "type": "object",
         "additionalProperties": False,
-        "required": ["customer_id", "sale_id", "points"],
+        "description": "Exactly one of rewards (points programs), amount (currency programs: a loyalty tender)"
+                       " or points (a debit the terminal priced itself); never more than available.",
+        "required": ["customer_id", "sale_id"],
         "properties": {
             "customer_id": {"type": "string", "format": "uuid"},
             "sale_id": {"type": "string", "maxLength": 64},
+            "rewards": {"type": "array", "minItems": 1, "maxItems": 15, "items": {
+                "type": "object", "additionalProperties": False, "required": ["reward_id", "count"],
+                "properties": {"reward_id": {"type": "string"}, "count": {"type": "integer", "minimum": 1,
+                                                                          "maximum": 100}},
+            }},
+            "amount": {"type": "integer", "minimum": 1, "maximum": MAX_POINTS,
+                       "description": "loyalty minor units"},
             "points": {"type": "integer", "minimum": 1, "maximum": MAX_POINTS},
+        },
+    },
+    "Refund": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["lines"],
+        "properties": {
+            "lines": {"type": "array", "minItems": 1, "maxItems": 500, "items": {
+                "type": "object", "additionalProperties": False, "required": ["line_id", "quantity"],
+                "properties": {"line_id": {"type": "string"}, "quantity": {"type": "integer", "minimum": 1}},
+            }},
+        },
+    },
+    "Reversal": {
+        "type": "object",
+        "properties": {
+            "op_id": {"type": "string", "format": "uuid"},
+            "sale_id": {"type": "string"},
+            "customer_id": {"type": "string"},
+            "reversed_points": {"type": "integer", "description": "earned points taken back"},
+            "returned_points": {"type": "integer", "description": "redeemed points given back"},
+            "shortfall": {"type": "integer", "description": "clamp: points that could not be taken back;"
+                          " negative: points taken below zero"},
+            "lines": {"type": "array", "description": "refunds: the lines returned"},
+            "balance": _ref("Balance"),
         },
     },
     "Adjust": {
@@ -218,6 +261,7 @@ SCHEMAS: dict[str, Any] = {
 
 def document() -> dict[str, Any]:
     customer_id = {"name": "customer_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    sale_id = {"name": "sale_id", "in": "path", "required": True, "schema": {"type": "string"}}
     search = [
         {"name": name, "in": "query", "required": False, "schema": {"type": "string"}, "description": text}
         for name, text in (
@@ -279,14 +323,19 @@ def document() -> dict[str, Any]:
                                                              "sale": _ref("Sale"),
                                                              "customer_id": {"type": "string", "format": "uuid"}}}),
                                    "responses": _ok("200", _ref("Quote"), "the quote")}},
-            "/v1/redemptions": {"post": {"summary": "Redeem points (up to the available balance)",
+            "/v1/redemptions": {"post": {"summary": "Redeem rewards or a loyalty tender (up to the available balance)",
                                          "parameters": [IDEMPOTENCY], "requestBody": _body(_ref("Redeem")),
                                          "responses": _ok("201", _ref("OpAnswer"), "queued durably")}},
             "/v1/sales/{sale_id}/void": {"post": {
-                "summary": "Void a sale: take back what it earned, give back what it redeemed",
-                "parameters": [{"name": "sale_id", "in": "path", "required": True, "schema": {"type": "string"}},
-                               IDEMPOTENCY],
-                "responses": _ok("201", _ref("OpAnswer"), "queued durably"),
+                "summary": "Void a sale: take back what it earned, give back what it redeemed (less refunds)",
+                "parameters": [sale_id, IDEMPOTENCY],
+                "responses": _ok("201", _ref("Reversal"), "queued durably"),
+            }},
+            "/v1/sales/{sale_id}/refunds": {"post": {
+                "summary": "Refund lines of a sale: take back what they earned, give back their redeemed share",
+                "parameters": [sale_id, IDEMPOTENCY], "requestBody": _body(_ref("Refund")),
+                "responses": _ok("201", _ref("Reversal"), "queued durably; an unknown or fully refunded line"
+                                 " is a 4xx naming lines[i]"),
             }},
             "/v1/adjustments": {"post": {"summary": "Manual adjustment with a reason and an actor",
                                          "parameters": [IDEMPOTENCY], "requestBody": _body(_ref("Adjust")),

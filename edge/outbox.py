@@ -8,10 +8,11 @@ with the cursor it moves.
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TypeVar
 
 import msgpack
@@ -20,11 +21,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from protocol import GENESIS_HASH, Ack, Batch, Downlink, OpStatus, op_from_wire, seal_batch
 from protocol.normalize import name_key
 
-from .store import get_meta, load_program, set_meta
+from .store import get_meta, load_program, save_program, set_meta
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Job = Callable[[sqlite3.Connection], T]
+#: Op bodies per batch, well under the 4 MiB a batch envelope may be: an earn
+#: carries its sale, and a terminal's body may be 16 KiB.
+MAX_BATCH_BODY_BYTES = 3 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +75,12 @@ def prepare_batch(
     ).fetchall()
     if not rows:
         return None
+    size = 0
+    for count, (_, body) in enumerate(rows):
+        size += len(body)
+        if size > MAX_BATCH_BODY_BYTES and count > 0:
+            rows = rows[:count]
+            break
     last = conn.execute("SELECT seq, hash FROM batches ORDER BY seq DESC LIMIT 1").fetchone()
     prev_seq, prev = (0, GENESIS_HASH) if last is None else (last[0], last[1])
     ops = tuple(op_from_wire(msgpack.unpackb(body, raw=False, use_list=False)) for _, body in rows)
@@ -132,6 +142,8 @@ def apply_ack(ack: Ack, now: int) -> Job[dict[str, int]]:
             if row is None:
                 continue
             kind, customer_id, terminal_id, sale_id, delta, created_at = row
+            if kind == "refund" and sale_id is not None:
+                _undo_refund(conn, result.op_id, sale_id)
             conn.execute(
                 "INSERT OR IGNORE INTO conflicts (op_id, kind, customer_id, terminal_id, sale_id, points, "
                 "code, op_at, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -158,6 +170,19 @@ def apply_ack(ack: Ack, now: int) -> Job[dict[str, int]]:
     return job
 
 
+def _undo_refund(conn: sqlite3.Connection, op_id: str, sale_id: str) -> None:
+    """A refund the cloud refused moved nothing there: the sale's reversed
+    totals drop it, so a later void takes back what is really left. The
+    returned quantities stay: the goods came back either way."""
+    body = conn.execute("SELECT body FROM outbox WHERE op_id = ?", (op_id,)).fetchone()[0]
+    op = msgpack.unpackb(body, raw=False)
+    conn.execute(
+        "UPDATE sales SET earn_reversed = MAX(0, earn_reversed - ?), redeem_returned = MAX(0, redeem_returned - ?)"
+        " WHERE sale_id = ?",
+        (op["reversed_points"], op["returned_points"], sale_id),
+    )
+
+
 def apply_downlink(downlink: Downlink, now: int) -> Job[bool]:
     """Take newer customers and program settings, and move the cursor; False if stale."""
 
@@ -170,15 +195,20 @@ def apply_downlink(downlink: Downlink, now: int) -> Job[bool]:
             local = conn.execute(
                 "SELECT version FROM customers WHERE customer_id = ?", (c.customer_id,)
             ).fetchone()
+            groups = json.dumps(list(c.groups))
+            expiring = json.dumps([list(e) for e in c.expiring])
             if local is None:
                 conn.execute(
                     "INSERT INTO customers (customer_id, name, name_key, phone, email, card_code, confirmed, "
-                    "version, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "version, created_at, updated_at, groups, opted_out, expiring) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (c.customer_id, c.name, name_key(c.name), c.phone, c.email, c.card_code, c.balance,
-                     c.version, now, now),
+                     c.version, now, now, groups, c.opted_out, expiring),
                 )
                 continue
-            if local[0] >= c.version:
+            # The same version again is taken too: an ack may have brought the
+            # version with the balance alone, and this record has the rest.
+            if local[0] > c.version:
                 continue
             profile_pending = conn.execute(
                 "SELECT 1 FROM outbox WHERE customer_id = ? AND status IS NULL "
@@ -188,21 +218,22 @@ def apply_downlink(downlink: Downlink, now: int) -> Job[bool]:
             if profile_pending:
                 # Our own unconfirmed profile change is newer than this record.
                 conn.execute(
-                    "UPDATE customers SET confirmed = ?, version = ? WHERE customer_id = ?",
-                    (c.balance, c.version, c.customer_id),
+                    "UPDATE customers SET confirmed = ?, version = ?, expiring = ? WHERE customer_id = ?",
+                    (c.balance, c.version, expiring, c.customer_id),
                 )
             else:
                 conn.execute(
                     "UPDATE customers SET name = ?, name_key = ?, phone = ?, email = ?, card_code = ?, "
-                    "confirmed = ?, version = ?, updated_at = ? WHERE customer_id = ?",
+                    "confirmed = ?, version = ?, updated_at = ?, groups = ?, opted_out = ?, expiring = ? "
+                    "WHERE customer_id = ?",
                     (c.name, name_key(c.name), c.phone, c.email, c.card_code, c.balance, c.version, now,
-                     c.customer_id),
+                     groups, c.opted_out, expiring, c.customer_id),
                 )
         program = downlink.program
         if program is not None:
             current = load_program(conn)
             if current is None or program.version > current.version:
-                set_meta(conn, "program", msgpack.packb(asdict(program), use_bin_type=True))
+                save_program(conn, program)
                 log.info("program %s version %d received", program.brand_id, program.version)
         set_meta(conn, "cursor", downlink.to_cursor)
         set_meta(conn, "last_downlink_at", now)

@@ -71,6 +71,9 @@ def snapshot(app: web.Application) -> dict[str, Any]:
         "ops_acked": sync.ops_acked,
         "ops_refused": sync.ops_refused,
         "clock_skew_ms": sync.clock_skew_ms,
+        "refused": sync.refused,
+        "cloud_key_id": sync.cloud_key_id,
+        "cloud_key_version": sync.cloud_key_version,
     }
     snap["zeroconf"] = app[ADVERTISER].status() if ADVERTISER in app else {"advertised": False}
     try:
@@ -108,6 +111,13 @@ def _ago(at: float | None, now: float) -> str:
     if seconds < 7200:
         return f"{seconds // 60} min ago"
     return f"{seconds // 3600} h ago"
+
+
+def _cloud_key(sync: dict[str, Any]) -> str:
+    if not sync.get("cloud_key_id"):
+        return "not checked yet"
+    version = sync.get("cloud_key_version")
+    return f"{sync['cloud_key_id']} (version {version})" if version else sync["cloud_key_id"]
 
 
 def _size(n: int | None) -> str:
@@ -159,6 +169,7 @@ async def status_page(request: web.Request) -> web.Response:
          if zc.get("advertised") else "not advertised"),
         ("store", "Store", snap["store_id"]),
         ("key", "Key fingerprint", snap["key_fingerprint"]),
+        ("cloud-key", "Cloud key", _cloud_key(sync)),
         ("program", "Program version", str(snap.get("program_version") or "none yet")),
         ("software", "Software version", snap["software_version"]),
         ("uptime", "Uptime", _ago(now - snap["uptime_s"], now).replace(" ago", "")),

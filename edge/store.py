@@ -15,12 +15,15 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
 
 import msgpack
 
 from protocol import Program, available_points
+from protocol.earning import Customer as RulesCustomer
+from protocol.expiry import expired_by, expiring_soon
 
 from .db import connect, migrate
 from .errors import NotFound, StoreError
@@ -32,12 +35,14 @@ T = TypeVar("T")
 # One statement per customer: the profile and its unconfirmed sums (a
 # correlated lookup on the partial index of pending ops).
 CUSTOMER_COLUMNS = (
-    "customer_id, name, phone, email, card_code, consent, confirmed, created_at, "
+    "customer_id, name, phone, email, card_code, consent, confirmed, created_at, groups, opted_out, expiring, "
     "(SELECT COALESCE(SUM(delta), 0) FROM outbox WHERE outbox.customer_id = customers.customer_id "
     "AND status IS NULL), "
     "(SELECT COALESCE(SUM(debit), 0) FROM outbox WHERE outbox.customer_id = customers.customer_id "
     "AND status IS NULL)"
 )
+#: Points expiring within this many days are shown on the profile and the quote.
+EXPIRING_SOON_DAYS = 30
 
 
 def now_ms() -> int:
@@ -63,22 +68,57 @@ def load_program(conn: sqlite3.Connection) -> Program | None:
     return Program(**msgpack.unpackb(raw, raw=False))
 
 
-def balance_of(conn: sqlite3.Connection, customer_id: str, confirmed: int) -> dict[str, int]:
+def save_program(conn: sqlite3.Connection, program: Program) -> None:
+    """Make ``program`` the current one and keep it in the history: a refund
+    recomputes its sale's earn with the version the earn was rated with."""
+    body = msgpack.packb(asdict(program), use_bin_type=True)
+    set_meta(conn, "program", body)
+    conn.execute("INSERT OR REPLACE INTO programs (version, body) VALUES (?, ?)", (program.version, body))
+
+
+def program_at(conn: sqlite3.Connection, version: int) -> Program | None:
+    row = conn.execute("SELECT body FROM programs WHERE version = ?", (version,)).fetchone()
+    if row is not None:
+        return Program(**msgpack.unpackb(row[0], raw=False))
+    current = load_program(conn)  # stored before the history existed
+    return current if current is not None and current.version == version else None
+
+
+def rated_as(groups: str, opted_out: int) -> RulesCustomer:
+    """What the earning rules know of a customer, from their columns."""
+    return RulesCustomer(() if groups == "[]" else tuple(json.loads(groups)), bool(opted_out))
+
+
+def customer_rating(conn: sqlite3.Connection, customer_id: str) -> RulesCustomer:
+    row = conn.execute("SELECT groups, opted_out FROM customers WHERE customer_id = ?", (customer_id,)).fetchone()
+    if row is None:
+        raise NotFound("no customer with this id", code="unknown_customer", field="customer_id")
+    return rated_as(row[0], row[1])
+
+
+def balance_of(conn: sqlite3.Connection, customer_id: str, now: int) -> dict[str, int]:
     """Confirmed (from the cloud), pending (local, unconfirmed) and available to redeem."""
-    pending, debits = conn.execute(
-        "SELECT COALESCE(SUM(delta), 0), COALESCE(SUM(debit), 0) FROM outbox "
-        "WHERE customer_id = ? AND status IS NULL",
+    # One pass over the customer's pending ops (the partial index) for both sums.
+    confirmed, expiring, pending, debits = conn.execute(
+        "SELECT c.confirmed, c.expiring, COALESCE(SUM(o.delta), 0), COALESCE(SUM(o.debit), 0) FROM customers c "
+        "LEFT JOIN outbox o ON o.customer_id = c.customer_id AND o.status IS NULL WHERE c.customer_id = ?",
         (customer_id,),
     ).fetchone()
-    return {
-        "confirmed": confirmed,
-        "pending": pending,
-        "available": available_points(confirmed, debits),
-    }
+    if confirmed is None:
+        raise NotFound("no customer with this id", code="unknown_customer", field="customer_id")
+    return _balance(confirmed, pending, debits, expiring, now)
 
 
-def customer_json(row: tuple[Any, ...]) -> dict[str, Any]:
-    customer_id, name, phone, email, card_code, consent, confirmed, created_at, pending, debits = row
+def _balance(confirmed: int, pending: int, debits: int, expiring: str, now: int) -> dict[str, int]:
+    # Most customers have nothing expiring: skip the parse for the empty list.
+    expired = 0 if expiring == "[]" else expired_by(json.loads(expiring), now)
+    return {"confirmed": confirmed, "pending": pending, "available": available_points(confirmed, debits, expired)}
+
+
+def customer_json(row: tuple[Any, ...], now: int) -> dict[str, Any]:
+    (customer_id, name, phone, email, card_code, consent, confirmed, created_at, groups, opted_out, expiring,
+     pending, debits) = row
+    upcoming = [] if expiring == "[]" else [(at, points) for at, points in json.loads(expiring)]
     return {
         "customer_id": customer_id,
         "name": name,
@@ -86,18 +126,21 @@ def customer_json(row: tuple[Any, ...]) -> dict[str, Any]:
         "email": email,
         "card_code": card_code,
         "consent": json.loads(consent) if consent else None,
-        "balance": {"confirmed": confirmed, "pending": pending, "available": available_points(confirmed, debits)},
+        "groups": json.loads(groups),
+        "opted_out": bool(opted_out),
+        "balance": _balance(confirmed, pending, debits, expiring, now),
+        "expiring_soon": expiring_soon(upcoming, now, EXPIRING_SOON_DAYS),
         "created_at": created_at,
     }
 
 
-def fetch_customer(conn: sqlite3.Connection, customer_id: str) -> dict[str, Any]:
+def fetch_customer(conn: sqlite3.Connection, customer_id: str, now: int) -> dict[str, Any]:
     row = conn.execute(
         f"SELECT {CUSTOMER_COLUMNS} FROM customers WHERE customer_id = ?", (customer_id,)
     ).fetchone()
     if row is None:
         raise NotFound("no customer with this id", code="unknown_customer", field="customer_id")
-    return customer_json(row)
+    return customer_json(row, now)
 
 
 class EdgeStore:
@@ -170,10 +213,15 @@ class EdgeStore:
     def forget_program(self) -> None:
         self._program = None
 
-    def customer(self, customer_id: str) -> dict[str, Any]:
-        return self.read(lambda c: fetch_customer(c, customer_id))
+    def customer(self, customer_id: str, now: int | None = None) -> dict[str, Any]:
+        at = now_ms() if now is None else now
+        return self.read(lambda c: fetch_customer(c, customer_id, at))
 
-    def find(self, by: str, value: str, limit: int) -> list[dict[str, Any]]:
+    def rating(self, customer_id: str) -> RulesCustomer:
+        """The customer's groups and opt-out, as the earning rules see them."""
+        return self.read(lambda c: customer_rating(c, customer_id))
+
+    def find(self, by: str, value: str, limit: int, now: int | None = None) -> list[dict[str, Any]]:
         """Customers by an exact phone, email or card code, or by name prefix."""
         def run(conn: sqlite3.Connection) -> list[dict[str, Any]]:
             if by == "name":
@@ -190,7 +238,8 @@ class EdgeStore:
                     "ORDER BY created_at LIMIT ?",
                     (value, limit),
                 ).fetchall()
-            return [customer_json(row) for row in rows]
+            at = now_ms() if now is None else now
+            return [customer_json(row, at) for row in rows]
 
         return self.read(run)
 

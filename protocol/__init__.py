@@ -42,14 +42,27 @@ from .messages import (
     open_downlink,
     seal_batch,
 )
-from .ops import OP_TYPES, Adjust, Consent, Earn, Enroll, Op, OpKind, Redeem, UpdateProfile, Void, op_from_wire
+from .ops import (
+    OP_TYPES,
+    Adjust,
+    Consent,
+    Earn,
+    Enroll,
+    Op,
+    OpKind,
+    Redeem,
+    Refund,
+    UpdateProfile,
+    Void,
+    op_from_wire,
+)
 from .rules import Program, available_points, earn_points
 
 __all__ = [
     "DOMAIN", "GENESIS_HASH", "MAX_BATCH_OPS", "OP_TYPES", "Ack", "Adjust", "Balance", "Batch",
     "Consent", "CustomerRecord", "Downlink", "Earn", "Enroll", "Envelope", "LocalProtocolError",
     "MessageType", "Op", "OpKind", "OpResult", "OpStatus", "Program", "ProtocolError", "Pull",
-    "Redeem", "RemoteProtocolError", "UpdateProfile", "Void", "available_points", "body_hash",
+    "Redeem", "Refund", "RemoteProtocolError", "UpdateProfile", "Void", "available_points", "body_hash",
     "decode_ack", "decode_batch", "decode_downlink", "decode_pull", "earn_points", "encode_ack",
     "encode_batch", "encode_downlink", "encode_pull", "is_uuid", "is_uuid7", "key_id_for",
     "load_public_key", "op_from_wire", "open_ack", "open_downlink", "open_envelope",

@@ -158,15 +158,28 @@ class Share:
         return amount * self.numerator // self.denominator
 
 
+def excluded(customer: Customer, rules: EarningRules) -> str | None:
+    """Why ``customer`` earns nothing under ``rules`` (opted out, a zero-earning group), or None."""
+    if customer.opted_out:
+        return "opted_out"
+    if set(customer.groups) & set(rules.zero_groups):
+        return "zero_group"
+    return None
+
+
 def compute_earn(sale: Sale, rules: EarningRules, customer: Customer, at: int) -> EarnBreakdown:
     """What ``sale`` earns ``customer`` under ``rules`` at time ``at`` (ms)."""
     if not sale.fully_paid:
         return _nothing("not_paid")
-    if customer.opted_out:
-        return _nothing("opted_out")
-    if set(customer.groups) & set(rules.zero_groups):
-        return _nothing("zero_group")
+    reason = excluded(customer, rules)
+    if reason is not None:
+        return _nothing(reason)
     return _earn_lines(sale.lines, rules, Share.of(sale), at)
+
+
+def signup_bonus(rules: EarningRules, customer: Customer) -> int:
+    """The one-time enrollment bonus: nothing for a customer who earns nothing."""
+    return 0 if excluded(customer, rules) is not None else rules.signup_bonus
 
 
 def _earn_lines(lines: tuple[SaleLine, ...], rules: EarningRules, share: Share, at: int) -> EarnBreakdown:

@@ -32,6 +32,12 @@ class MessageType(StrEnum):
     ACK = "ack"
     PULL = "pull"
     DOWNLINK = "downlink"
+    # Keys (protocol/key_messages.py): enrollment, a store key's rotation, the cloud key's announcements.
+    CLAIM = "claim"
+    ENROLLMENT = "enrollment"
+    STORE_KEY = "store-key"
+    STORE_KEY_ACK = "store-key-ack"
+    CLOUD_KEY = "cloud-key"
 
 
 DOMAIN: dict[MessageType, bytes] = {
@@ -44,6 +50,11 @@ MAX_ENVELOPE_BYTES: dict[MessageType, int] = {
     MessageType.ACK: 2 * 1024 * 1024,
     MessageType.PULL: 4 * 1024,
     MessageType.DOWNLINK: 8 * 1024 * 1024,
+    MessageType.CLAIM: 4 * 1024,
+    MessageType.ENROLLMENT: 4 * 1024,
+    MessageType.STORE_KEY: 4 * 1024,
+    MessageType.STORE_KEY_ACK: 4 * 1024,
+    MessageType.CLOUD_KEY: 4 * 1024,
 }
 MAX_KEY_ID_LEN = 64
 

@@ -7,14 +7,18 @@ oldest lots first. Two settings, as merchants know them:
 - ``inactivity``: the whole balance expires N months after the customer's
   last activity (an earn or a redemption).
 
-The cloud runs expiry and sends the result down; the edge only shows what
-expires soon, and since an expired point has left the confirmed balance, it
-can never be redeemed offline.
+The cloud runs expiry (``expire`` entries in its ledger) and sends each
+customer's upcoming expiries down (``upcoming``: per UTC day, nearest
+first, bounded). The edge shows what expires in the next 30 days and takes
+every lot whose date has passed by its own clock out of what may be
+redeemed, even before the cloud has run expiry: an expired point can never
+be redeemed offline.
 """
 
 from __future__ import annotations
 
 import calendar
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -23,6 +27,10 @@ from .errors import LocalProtocolError
 from .validate import check_range, check_types
 
 DAY_MS = 24 * 3600 * 1000
+#: Ledger entry kinds that count as activity for the inactivity policy.
+ACTIVITY_KINDS = frozenset({"earn", "redeem"})
+#: Upcoming expiries sent down per customer: one a day, the nearest ones.
+MAX_EXPIRING = 32
 
 
 class ExpiryMode(StrEnum):
@@ -110,3 +118,60 @@ def expiring_within(lots: tuple[Lot, ...], policy: ExpiryPolicy, last_activity_a
     soon, _ = expire(lots, policy, last_activity_at, horizon)
     already, _ = expire(lots, policy, last_activity_at, now)
     return soon - already
+
+
+def lots_from_entries(entries: Iterable[tuple[int, int]]) -> tuple[Lot, ...]:
+    """The lots that remain after a customer's ledger entries, given as
+    (at, points) pairs in the order they were applied: a credit is a new lot
+    earned at ``at``; a debit spends the oldest lots first. A debit larger
+    than every lot leaves a deficit that later credits pay off before they
+    become lots (a balance below zero has no lots)."""
+    lots: list[Lot] = []
+    deficit = 0
+    for at, points in entries:
+        if points > 0:
+            paid = min(deficit, points)
+            deficit -= paid
+            if points > paid:
+                lots.append(Lot(at, points - paid))
+        elif points < 0:
+            held = sum(lot.points for lot in lots)
+            taken = min(held, -points)
+            if taken:
+                lots = list(spend(tuple(lots), taken))
+            deficit += -points - taken
+    return tuple(sorted(lots, key=lambda lot: lot.earned_at))
+
+
+def last_activity(entries: Iterable[tuple[int, str]]) -> int | None:
+    """When the customer last earned or redeemed, from ``(at, kind)`` ledger rows."""
+    times = [at for at, kind in entries if kind in ACTIVITY_KINDS]
+    return max(times) if times else None
+
+
+def upcoming(lots: tuple[Lot, ...], policy: ExpiryPolicy, last_activity_at: int,
+             limit: int = MAX_EXPIRING) -> tuple[tuple[int, int], ...]:
+    """(expires_at, points) of the remaining lots, merged per UTC day at the
+    day's earliest deadline (never later than the real one), nearest first,
+    at most ``limit`` days. A deadline already passed stays in the list until
+    an expiry run takes its points: the edge must not let them be spent."""
+    by_day: dict[int, list[int]] = {}
+    for lot in lots:
+        deadline = expires_at(lot, policy, last_activity_at)
+        if deadline is None:
+            continue
+        day = by_day.setdefault(deadline // DAY_MS, [deadline, 0])
+        day[0] = min(day[0], deadline)
+        day[1] += lot.points
+    return tuple((at, points) for _, (at, points) in sorted(by_day.items())[:limit])
+
+
+def expired_by(expiring: Iterable[tuple[int, int]], now: int) -> int:
+    """Points of ``expiring`` whose date has passed at ``now``."""
+    return sum(points for at, points in expiring if at <= now)
+
+
+def expiring_soon(expiring: Iterable[tuple[int, int]], now: int, days: int = 30) -> int:
+    """Points of ``expiring`` that expire after ``now`` and within ``days`` days."""
+    horizon = now + days * DAY_MS
+    return sum(points for at, points in expiring if now < at <= horizon)

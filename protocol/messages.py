@@ -2,11 +2,13 @@
 
     edge ── BATCH (store key) ─────────▶ cloud     ops, gap-free seq, hash chain
     edge ◀─ ACK (cloud key) ─────────── cloud     per-op results, balances
-    edge ── PULL (store key) ──────────▶ cloud     cursor + fresh nonce
-    edge ◀─ DOWNLINK (cloud key) ────── cloud     changes since cursor, echoes nonce
+    edge ── PULL (store key) ──────────▶ cloud     cursor + fresh nonce + newest cloud key known
+    edge ◀─ DOWNLINK (cloud key) ────── cloud     changes since cursor, echoes nonce,
+                                                  announcements of newer cloud keys
 
 Acks name the batch hash they answer and downlinks echo the pull's nonce,
-so neither can be replayed onto another request.
+so neither can be replayed onto another request. The messages about keys
+(enrollment, rotations) are in ``key_messages``.
 """
 
 from __future__ import annotations
@@ -23,14 +25,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from .envelope import MAX_ENVELOPE_BYTES, MessageType, open_envelope, safe_unpackb, seal
 from .errors import LocalProtocolError, RemoteProtocolError
+from .expiry import MAX_EXPIRING
 from .ids import is_uuid
-from .ops import MAX_TIME_MS, MIN_TIME_MS, Op, op_from_wire
+from .ops import MAX_TIME_MS, MIN_TIME_MS, Op, check_groups, op_from_wire
 from .rules import Program
 from .validate import MAX_POINTS, check_range, check_text, check_types, fields_of, to_wire
 
 BODY_VERSION = 1
 MAX_BATCH_OPS = 5000
 MAX_DOWNLINK_CUSTOMERS = 5000
+#: Cloud key announcements one downlink (or one key chain) carries at most.
+MAX_CLOUD_KEYS = 32
 HASH_LEN = 32
 NONCE_LEN = 16
 GENESIS_HASH = bytes(HASH_LEN)
@@ -58,6 +63,14 @@ def _check_bytes(name: str, value: bytes, length: int) -> None:
 
 def _check_time(name: str, value: int) -> None:
     check_range(name, value, MIN_TIME_MS, MAX_TIME_MS)
+
+
+def check_envelopes(name: str, envelopes: tuple[bytes, ...], type_: MessageType, limit: int) -> None:
+    """A bounded list of envelopes of one type, still sealed (each is opened on its own)."""
+    if len(envelopes) > limit:
+        raise LocalProtocolError(f"{name} holds at most {limit} envelopes", code="out_of_range", field=name)
+    if any(len(e) > MAX_ENVELOPE_BYTES[type_] for e in envelopes):
+        raise LocalProtocolError(f"an envelope in {name} is too large", code="too_large", field=name)
 
 
 def body_hash(body: bytes) -> bytes:
@@ -158,11 +171,14 @@ class Pull:
     nonce: bytes
     at: int
     limit: int
+    #: The newest cloud key this edge trusts: the downlink announces the ones after it.
+    cloud_key_id: str
 
     def __post_init__(self) -> None:
         check_types(self)
         check_slug("store_id", self.store_id)
         check_text("key_id", self.key_id, 64, required=True)
+        check_text("cloud_key_id", self.cloud_key_id, 64, required=True)
         check_range("cursor", self.cursor, 0, 2**62)
         _check_bytes("nonce", self.nonce, NONCE_LEN)
         _check_time("at", self.at)
@@ -171,7 +187,11 @@ class Pull:
 
 @dataclass(frozen=True, slots=True)
 class CustomerRecord:
-    """A customer as the cloud knows it, with the confirmed balance."""
+    """A customer as the cloud knows it, with the confirmed balance.
+
+    ``expiring`` is (expires_at, points) of the balance's upcoming expiries,
+    nearest first (see ``protocol.expiry.upcoming``).
+    """
 
     customer_id: str
     name: str
@@ -180,6 +200,9 @@ class CustomerRecord:
     card_code: str | None
     balance: int
     version: int
+    groups: tuple[str, ...] = ()
+    opted_out: bool = False
+    expiring: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -190,6 +213,12 @@ class CustomerRecord:
         check_text("card_code", self.card_code, 64)
         check_range("balance", self.balance, -(2**62), 2**62)
         check_range("version", self.version, 1, 2**62)
+        check_groups("groups", self.groups)
+        if len(self.expiring) > MAX_EXPIRING:
+            raise LocalProtocolError(f"at most {MAX_EXPIRING} expiries", code="out_of_range", field="expiring")
+        for at, points in self.expiring:
+            _check_time("expiring", at)
+            check_range("expiring", points, 1, MAX_POINTS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +231,8 @@ class Downlink:
     at: int
     customers: tuple[CustomerRecord, ...]
     program: Program | None
+    #: Signed CLOUD_KEY envelopes after the pull's ``cloud_key_id``, oldest first (key_messages).
+    cloud_keys: tuple[bytes, ...]
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -212,6 +243,7 @@ class Downlink:
         _check_time("at", self.at)
         if len(self.customers) > MAX_DOWNLINK_CUSTOMERS:
             raise LocalProtocolError("too many customers", code="out_of_range", field="customers")
+        check_envelopes("cloud_keys", self.cloud_keys, MessageType.CLOUD_KEY, MAX_CLOUD_KEYS)
 
 
 # ---------------------------------------------------------------- codecs

@@ -19,6 +19,7 @@ import msgpack
 
 from .errors import LocalProtocolError, RemoteProtocolError
 from .ids import is_uuid, is_uuid7
+from .sale import MAX_LINES, MAX_QUANTITY, Sale, sale_from_wire
 from .validate import MAX_AMOUNT, MAX_POINTS, check_range, check_text, check_types, field_names, fields_of
 
 #: Milliseconds since the epoch; anything outside 2020..2100 is a broken clock.
@@ -27,7 +28,11 @@ MAX_TIME_MS = 4_102_444_800_000
 
 CONSENT_CHANNELS = frozenset({"phone", "email"})
 CONSENT_SOURCES = frozenset({"pos", "kiosk", "portal", "qr", "import"})
-PROFILE_FIELDS = ("name", "phone", "email", "card_code")
+PROFILE_FIELDS = ("name", "phone", "email", "card_code", "groups", "opted_out")
+#: A customer's groups (staff, wholesale, ...): what zero-earning rules match on.
+MAX_GROUPS = 20
+#: Distinct rewards one redemption may name (the catalog holds at most 15).
+MAX_REDEEM_REWARDS = 15
 
 
 class OpKind(StrEnum):
@@ -37,6 +42,7 @@ class OpKind(StrEnum):
     REDEEM = "redeem"
     VOID = "void"
     ADJUST = "adjust"
+    REFUND = "refund"
 
 
 def _check_id(name: str, value: str, *, v7: bool = False) -> None:
@@ -47,6 +53,33 @@ def _check_id(name: str, value: str, *, v7: bool = False) -> None:
 
 def _check_time(name: str, value: int) -> None:
     check_range(name, value, MIN_TIME_MS, MAX_TIME_MS)
+
+
+def check_groups(name: str, groups: tuple[str, ...]) -> None:
+    if len(groups) > MAX_GROUPS or len(set(groups)) != len(groups):
+        raise LocalProtocolError(f"{name} holds at most {MAX_GROUPS} distinct groups", code="invalid_value",
+                                 field=name)
+    for group in groups:
+        check_text(name, group, 64, required=True)
+
+
+def _check_version(value: int | None, *, required: bool = True) -> None:
+    if value is None:
+        if required:
+            raise LocalProtocolError("program_version is required", code="missing", field="program_version")
+        return
+    check_range("program_version", value, 1, 2**31)
+
+
+def _check_counts(name: str, pairs: tuple[tuple[str, int], ...], most: int, high: int) -> None:
+    """(id, count) pairs: each id once, each count in 1..high, at most ``most`` pairs."""
+    if len(pairs) > most:
+        raise LocalProtocolError(f"{name} names at most {most} entries", code="out_of_range", field=name)
+    if len({key for key, _ in pairs}) != len(pairs):
+        raise LocalProtocolError(f"{name} names an entry twice", code="invalid_value", field=name)
+    for key, count in pairs:
+        check_text(name, key, 64, required=True)
+        check_range(name, count, 1, high)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,8 +149,10 @@ class Op:
             if isinstance(value, Consent):
                 value = dataclasses.asdict(value)
                 value["channels"] = list(value["channels"])
+            elif isinstance(value, Sale):
+                value = value.to_wire()
             elif isinstance(value, tuple):
-                value = list(value)
+                value = [list(v) if isinstance(v, tuple) else v for v in value]
             out[name] = value
         return out
 
@@ -143,6 +178,11 @@ class Enroll(Op):
     email: str | None
     card_code: str | None
     consent: Consent
+    groups: tuple[str, ...] = ()
+    opted_out: bool = False
+    #: The one-time bonus the edge showed, from ``program_version``'s settings (0: none).
+    signup_bonus: int = 0
+    program_version: int | None = None
 
     def _validate(self) -> None:
         check_text("name", self.name, 200, required=True)
@@ -153,11 +193,18 @@ class Enroll(Op):
                 code="missing",
                 field="phone",
             )
+        check_groups("groups", self.groups)
+        check_range("signup_bonus", self.signup_bonus, 0, MAX_POINTS)
+        _check_version(self.program_version, required=self.signup_bonus > 0)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UpdateProfile(Op):
-    """Set the given fields; None leaves a field unchanged; ``clear`` empties fields."""
+    """Set the given fields; None leaves a field unchanged; ``clear`` empties fields.
+
+    ``groups`` replaces the customer's groups (``()`` empties them);
+    ``opted_out`` takes the customer out of the program or back in.
+    """
 
     kind: ClassVar[OpKind] = OpKind.UPDATE_PROFILE
     name: str | None
@@ -165,9 +212,13 @@ class UpdateProfile(Op):
     email: str | None
     card_code: str | None
     clear: tuple[str, ...]
+    groups: tuple[str, ...] | None = None
+    opted_out: bool | None = None
 
     def _validate(self) -> None:
         _check_contact(self.name, self.phone, self.email, self.card_code)
+        if self.groups is not None:
+            check_groups("groups", self.groups)
         if self.name is not None and not self.name.strip():
             raise LocalProtocolError("name must not be empty", code="missing", field="name")
         allowed = {"phone", "email", "card_code"}
@@ -188,32 +239,52 @@ def _check_sale(sale_id: str) -> None:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Earn(Op):
-    """Points earned by a fully paid sale, computed with the given program version."""
+    """Points earned by a fully paid sale, computed with the given program version.
+
+    ``sale`` is the sale as the terminal sent it (None for an amount-only
+    earn): the cloud recomputes the points from it, and refunds recompute
+    what its returned lines earned.
+    """
 
     kind: ClassVar[OpKind] = OpKind.EARN
     sale_id: str
     amount: int
     points: int
     program_version: int
+    sale: Sale | None = None
 
     def _validate(self) -> None:
         _check_sale(self.sale_id)
         check_range("amount", self.amount, 1, MAX_AMOUNT)
         check_range("points", self.points, 0, MAX_POINTS)
-        check_range("program_version", self.program_version, 1, 2**31)
+        _check_version(self.program_version)
+        if self.sale is not None:
+            if self.sale.sale_id != self.sale_id:
+                raise LocalProtocolError("the sale's id differs from sale_id", code="invalid_value",
+                                         field="sale.sale_id")
+            if self.sale.total != self.amount:
+                raise LocalProtocolError("amount must be the sale's total", code="invalid_value", field="amount")
+            if not self.sale.fully_paid:
+                raise LocalProtocolError("only a fully paid sale earns", code="sale_not_paid", field="sale.state")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Redeem(Op):
+    """Points spent on a sale: ``rewards`` ((reward_id, count), ...) from the
+    catalog of a points program, or none for a loyalty tender (a currency
+    program's balance spent as money) or a debit the terminal priced itself."""
+
     kind: ClassVar[OpKind] = OpKind.REDEEM
     sale_id: str
     points: int
     program_version: int
+    rewards: tuple[tuple[str, int], ...] = ()
 
     def _validate(self) -> None:
         _check_sale(self.sale_id)
         check_range("points", self.points, 1, MAX_POINTS)
-        check_range("program_version", self.program_version, 1, 2**31)
+        _check_version(self.program_version)
+        _check_counts("rewards", self.rewards, MAX_REDEEM_REWARDS, 100)
 
     @property
     def debit(self) -> int:
@@ -226,18 +297,54 @@ class Void(Op):
 
     ``reversed_points`` and ``returned_points`` are what the edge computed from
     its own records; the cloud recomputes both from its ledger (a redemption
-    it refused gives nothing back) and reports any difference.
+    it refused gives nothing back) and reports any difference. After partial
+    refunds, only what they left is reversed. ``program_version`` names the
+    settings whose refund policy (clamp or negative) the edge applied.
     """
 
     kind: ClassVar[OpKind] = OpKind.VOID
     sale_id: str
     reversed_points: int
     returned_points: int
+    program_version: int | None = None
 
     def _validate(self) -> None:
         _check_sale(self.sale_id)
         check_range("reversed_points", self.reversed_points, 0, MAX_POINTS)
         check_range("returned_points", self.returned_points, 0, MAX_POINTS)
+        _check_version(self.program_version, required=False)
+
+    @property
+    def debit(self) -> int:
+        return self.reversed_points
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Refund(Op):
+    """Lines of a sale returned: ``lines`` is ((line_id, quantity), ...).
+
+    ``reversed_points`` is the drop in what the sale still earns and
+    ``returned_points`` the redeemed share of the returned lines, as the edge
+    computed them from the sale stored with its earn; the cloud recomputes
+    both from the sale it stored and the returns it already applied, applies
+    its own numbers and reports any difference.
+    """
+
+    kind: ClassVar[OpKind] = OpKind.REFUND
+    sale_id: str
+    lines: tuple[tuple[str, int], ...]
+    reversed_points: int
+    returned_points: int
+    program_version: int | None = None
+
+    def _validate(self) -> None:
+        _check_sale(self.sale_id)
+        if not self.lines:
+            raise LocalProtocolError("a refund returns at least one line", code="missing", field="lines")
+        _check_counts("lines", self.lines, MAX_LINES, MAX_QUANTITY)
+        check_range("reversed_points", self.reversed_points, 0, MAX_POINTS)
+        check_range("returned_points", self.returned_points, 0, MAX_POINTS)
+        _check_version(self.program_version, required=False)
 
     @property
     def debit(self) -> int:
@@ -265,10 +372,12 @@ class Adjust(Op):
         return max(0, -self.points)
 
 
-AnyOp = Enroll | UpdateProfile | Earn | Redeem | Void | Adjust
+AnyOp = Enroll | UpdateProfile | Earn | Redeem | Void | Adjust | Refund
 OP_TYPES: dict[str, type[Op]] = {
-    cls.kind.value: cls for cls in (Enroll, UpdateProfile, Earn, Redeem, Void, Adjust)
+    cls.kind.value: cls for cls in (Enroll, UpdateProfile, Earn, Redeem, Void, Adjust, Refund)
 }
+#: Fields that travel as arrays of [id, count] pairs and are tuples of tuples in Python.
+_PAIR_FIELDS = ("rewards", "lines")
 
 
 def op_from_wire(obj: object) -> Op:
@@ -284,12 +393,26 @@ def op_from_wire(obj: object) -> Op:
         consent = kwargs.get("consent")
         if consent is not None:
             kwargs["consent"] = _consent_from_wire(consent)
-        if "clear" in kwargs and isinstance(kwargs["clear"], list):
-            kwargs["clear"] = tuple(kwargs["clear"])
+        if kwargs.get("sale") is not None:
+            kwargs["sale"] = _sale_from_wire(kwargs["sale"])
+        for name in ("clear", "groups"):
+            if isinstance(kwargs.get(name), list):
+                kwargs[name] = tuple(kwargs[name])
+        for name in _PAIR_FIELDS:
+            if isinstance(kwargs.get(name), list | tuple):
+                kwargs[name] = tuple(tuple(v) if isinstance(v, list) else v for v in kwargs[name])
         return cls(**kwargs)
     except LocalProtocolError as exc:
         code = "bad_op" if exc.code == "bad_shape" else exc.code
         raise RemoteProtocolError(exc.message, code=code, field=exc.field) from exc
+
+
+def _sale_from_wire(obj: object) -> Sale:
+    try:
+        return sale_from_wire(obj)
+    except LocalProtocolError as exc:
+        field = "sale" if exc.field in (None, "sale") else f"sale.{exc.field}"
+        raise LocalProtocolError(exc.message, code=exc.code, field=field) from exc
 
 
 def _consent_from_wire(obj: object) -> Consent:

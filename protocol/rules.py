@@ -4,9 +4,10 @@ cloud (to verify). Rounding is floor per sale, so both sides always agree.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
-from .earning import EarningRules
+from .earning import Customer, EarningRules, excluded
 from .errors import LocalProtocolError
 from .program_settings import ProgramSettings, parse_settings
 from .validate import MAX_AMOUNT, MAX_POINTS, check_range, check_text, check_types
@@ -48,14 +49,27 @@ def earn_points(amount: int, program: Program) -> int:
     return min(MAX_POINTS, (amount // program.unit_amount) * program.points_per_unit)
 
 
-def available_points(confirmed: int, pending_debits: int) -> int:
-    """What may be redeemed now: the confirmed balance less every pending debit.
+def amount_earn(amount: int, program: Program, customer: Customer) -> int:
+    """An amount-only earn (no lines): the ratio, and nothing for a customer
+    who is opted out or in a group that earns zero."""
+    if excluded(customer, earning_rules(program)) is not None:
+        return 0
+    return earn_points(amount, program)
+
+
+def available_points(confirmed: int, pending_debits: int, expired: int = 0) -> int:
+    """What may be redeemed now: the confirmed balance less every pending
+    debit and every point whose expiry date has passed.
 
     Pending earns do not count: the cloud may still refuse or reverse them.
+    Expired points are taken out even before the cloud has run expiry, and
+    pending debits are not assumed to have used them: never an expired point
+    redeemed offline.
     """
-    return max(0, confirmed - pending_debits)
+    return max(0, confirmed - pending_debits - expired)
 
 
+@functools.lru_cache(maxsize=64)
 def earning_rules(program: Program) -> EarningRules:
-    """The earning rules a program version implies."""
+    """The earning rules a program version implies (cached: a version never changes, and this runs on every earn)."""
     return program.options.earning_rules(program.points_per_unit, program.unit_amount)

@@ -9,11 +9,13 @@ that no PAN can ever be stored.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from .errors import LocalProtocolError
-from .validate import MAX_AMOUNT, check_range, check_text, check_types
+from .validate import MAX_AMOUNT, check_range, check_text, check_types, fields_of
 
 MAX_LINES = 500
 MAX_TENDERS = 20
@@ -160,3 +162,79 @@ class Sale:
             if line.line_id == line_id:
                 return line
         raise LocalProtocolError(f"no line {line_id!r} in this sale", code="unknown_line", field="line_id")
+
+    def to_wire(self) -> dict[str, Any]:
+        """Plain maps, lists, strings and integers: the sale as an earn op carries it."""
+        return {
+            "sale_id": self.sale_id,
+            "lines": [
+                {"line_id": ln.line_id, "sku": ln.sku, "category": ln.category, "quantity": ln.quantity,
+                 "unit_price": ln.unit_price, "line_discount": ln.line_discount, "tax": ln.tax}
+                for ln in self.lines
+            ],
+            "sale_discount": self.sale_discount,
+            "tenders": [{"kind": t.kind.value, "amount": t.amount, "card_token": t.card_token} for t in self.tenders],
+            "state": self.state.value,
+        }
+
+
+def _items(value: object, name: str) -> tuple[object, ...]:
+    if not isinstance(value, list | tuple):
+        raise LocalProtocolError(f"{name} must be an array", code="bad_shape", field=name)
+    return tuple(value)
+
+
+def _nested_error(exc: LocalProtocolError, where: str) -> LocalProtocolError:
+    field = where if exc.field in (None, where) else f"{where}.{exc.field}"
+    return LocalProtocolError(exc.message, code=exc.code, field=field)
+
+
+def sale_from_wire(obj: object) -> Sale:
+    """A sale from its decoded wire map (every key present, nothing else);
+    LocalProtocolError naming the field, e.g. ``lines[2].quantity``."""
+    kwargs = fields_of(Sale, obj, "sale")
+    lines = []
+    for index, raw in enumerate(_items(kwargs["lines"], "lines")):
+        try:
+            lines.append(SaleLine(**fields_of(SaleLine, raw, "line")))
+        except LocalProtocolError as exc:
+            raise _nested_error(exc, f"lines[{index}]") from exc
+    tenders = []
+    for index, raw in enumerate(_items(kwargs["tenders"], "tenders")):
+        try:
+            tenders.append(Tender(**fields_of(Tender, raw, "tender")))
+        except LocalProtocolError as exc:
+            raise _nested_error(exc, f"tenders[{index}]") from exc
+    kwargs["lines"], kwargs["tenders"] = tuple(lines), tuple(tenders)
+    return Sale(**kwargs)
+
+
+def returned_after(sale: Sale, before: Mapping[str, int], lines: tuple[tuple[str, int], ...]) -> dict[str, int]:
+    """All quantities returned once ``lines`` ((line_id, quantity), ...) are
+    returned on top of ``before``. An unknown line, a line already returned
+    in full, or more than is left of it is refused naming ``lines[i]...``:
+    nothing is ever returned twice."""
+    merged = dict(before)
+    seen: set[str] = set()
+    for index, (line_id, quantity) in enumerate(lines):
+        where = f"lines[{index}]"
+        if line_id in seen:
+            raise LocalProtocolError("a line is named twice", code="duplicate_line", field=f"{where}.line_id")
+        seen.add(line_id)
+        try:
+            line = sale.line(line_id)
+        except LocalProtocolError as exc:
+            raise LocalProtocolError(exc.message, code=exc.code, field=f"{where}.line_id") from exc
+        left = line.quantity - merged.get(line_id, 0)
+        if left <= 0:
+            raise LocalProtocolError(f"line {line_id!r} was already refunded in full", code="already_refunded",
+                                     field=f"{where}.line_id")
+        if not 1 <= quantity <= left:
+            raise LocalProtocolError(f"line {line_id!r} has {left} left to refund, not {quantity}",
+                                     code="exceeds_sold", field=f"{where}.quantity")
+        merged[line_id] = merged.get(line_id, 0) + quantity
+    return merged
+
+
+def fully_returned(sale: Sale, returned: Mapping[str, int]) -> bool:
+    return all(returned.get(line.line_id, 0) >= line.quantity for line in sale.lines)

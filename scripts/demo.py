@@ -64,8 +64,12 @@ def provision() -> dict[str, str]:
     DATA.mkdir(parents=True, exist_ok=True)
     cloud_key = json.loads(run("loyalty-cloud", "init", "--data", str(cloud), "--json"))
     run("loyalty-cloud", "brand", "add", "demo", "--name", "Demo Coffee", "--data", str(cloud))
+    settings = DATA / "program.json"
+    settings.write_text(json.dumps({"signup_bonus": 20, "rewards": [
+        {"reward_id": "coffee", "name": "Free coffee", "points": 50, "kind": "free_item", "sku": "coffee"},
+        {"reward_id": "pastry", "name": "Free pastry", "points": 80, "kind": "free_item", "sku": "pastry"}]}))
     run("loyalty-cloud", "program", "set", "demo", "--name", "Demo points", "--points-per-unit", "1",
-        "--unit-amount", "100", "--data", str(cloud))
+        "--unit-amount", "100", "--settings", str(settings), "--data", str(cloud))
     edge_key = json.loads(run(
         "loyalty-edge", "init", "--data", str(edge), "--store-id", "demo-store",
         "--cloud-url", f"http://127.0.0.1:{CLOUD_PORT}", "--cloud-public-key", cloud_key["public_key"],
@@ -118,11 +122,17 @@ def main() -> int:
             http("POST", edge_url + "/v1/earns", {"customer_id": customer["customer_id"], "sale_id": "demo-sale-1",
                                                   "amount": 2_500, "state": "paid"},
                  {**auth, "Idempotency-Key": "demo-earn-1"})
+        signup = run("loyalty-cloud", "portal", "link", "demo", "--store", "demo-store", "--receipt",
+                     "--portal-url", cloud_url, "--data", str(DATA / "cloud")).strip()
         print(f"""
 Loyalty Edge demo is running (cloud key {info['cloud_key_id']}, edge key {info['edge_key_id']}).
   cloud:        {cloud_url}
   edge API:     {edge_url}   (OpenAPI: {edge_url}/openapi.json)
   status page:  {edge_url}/status
+  portal:       {cloud_url}/portal/demo   (sign in as demo@example.com or {PHONE})
+  sign-up link: {signup}
+                (as printed on a receipt: valid for 7 days)
+  messages:     {DATA / 'cloud' / 'messages.jsonl'}   (the file sender: codes and messages land here)
   terminal token in {token_file}; logs in {logs}
 
 Look the demo customer up, as a terminal would:

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cloud.api import MSGPACK, STORAGE
 from cloud.app import make_app
 from cloud.config import DataDir, make_storage
+from cloud.engagement import Engagement
 from cloud.keys import CloudKey, create_key
 from cloud.service import ACK_WAIT
 from cloud.storage import Storage
@@ -60,7 +61,9 @@ BRAND = "acme"
 OTHER_BRAND = "zeta"
 TABLES = (
     "brands", "programs", "stores", "store_keys", "customers", "sales", "ops",
-    "ledger_entries", "conflicts", "batches", "brand_counters", "operators", "inbox", "store_sync",
+    "ledger_entries", "conflicts", "batches", "brand_counters", "operators", "mismatches", "shortfalls", "adjustments",
+    "messages", "consents", "otp_challenges", "portal_limits", "portal_sessions", "claim_tokens", "cloud_keys",
+    "inbox", "store_sync",
 )
 
 PG_DSN_ENV = "LOYALTY_TEST_PG_DSN"
@@ -121,9 +124,11 @@ def redeem(customer_id: str, sale_id: str, points: int, *, program_version: int 
                   sale_id=sale_id, points=points, program_version=program_version)
 
 
-def void(customer_id: str, sale_id: str, reversed_points: int, returned_points: int) -> Void:
+def void(customer_id: str, sale_id: str, reversed_points: int, returned_points: int,
+         program_version: int | None = None) -> Void:
     return Void(op_id=new_id(), at=now_ms(), terminal_id=TERMINAL, customer_id=customer_id,
-                sale_id=sale_id, reversed_points=reversed_points, returned_points=returned_points)
+                sale_id=sale_id, reversed_points=reversed_points, returned_points=returned_points,
+                program_version=program_version)
 
 
 def adjust(customer_id: str, points: int) -> Adjust:
@@ -140,6 +145,8 @@ class StoreSigner:
     node_id: str = field(default_factory=any_uuid)
     seq: int = 0
     prev_hash: bytes = GENESIS_HASH
+    #: The newest cloud key this edge trusts, named in its pulls.
+    cloud_key_id: str = "ed25519:0000000000000000"
 
     @property
     def key_id(self) -> str:
@@ -167,7 +174,7 @@ class StoreSigner:
     def pull(self, cursor: int = 0, limit: int = 100, *, at: int | None = None,
              nonce: bytes | None = None, store_id: str | None = None) -> tuple[bytes, bytes]:
         nonce = nonce or os.urandom(16)
-        pull = Pull(store_id or self.store_id, self.key_id, cursor, nonce, at or now_ms(), limit)
+        pull = Pull(store_id or self.store_id, self.key_id, cursor, nonce, at or now_ms(), limit, self.cloud_key_id)
         return seal(MessageType.PULL, encode_pull(pull), self.key, self.key_id), nonce
 
 
@@ -365,15 +372,18 @@ async def seed(storage: Storage, stores: dict[str, StoreSigner]) -> None:
 
 
 @asynccontextmanager
-async def running_cloud(tmp_path: Path, backend: Backend = SQLITE, *, workers: int = 1,
+async def running_cloud(tmp_path: Path, backend: Backend = SQLITE, engagement: Engagement | None = None,
+                        clock: Clock | None = None, *, workers: int = 1,
                         ack_wait: float = ACK_WAIT) -> AsyncIterator[Cloud]:
-    """A seeded cloud on 127.0.0.1 (random port) with a fresh data dir under tmp_path, applying
+    """A seeded cloud on 127.0.0.1 (random port) with a fresh data dir under tmp_path
+    (with the portal and message senders when ``engagement`` is given), applying
     batches with ``workers`` embedded reconcilers."""
     data = tmp_path / "cloud"
     data.mkdir(mode=0o700)
     key = create_key(data / "cloud.key")
-    clock = Clock()
-    app = make_app(lambda: backend.storage(data), key, clock=clock, workers=workers, ack_wait=ack_wait)
+    clock = clock or Clock()
+    app = make_app(lambda: backend.storage(data), key, clock=clock, engagement=engagement, workers=workers,
+                   ack_wait=ack_wait)
     client: TestClient[Any, Any] = TestClient(TestServer(app, host="127.0.0.1", port=0))
     await client.start_server()
     try:

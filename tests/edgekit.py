@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import msgpack
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -20,7 +19,7 @@ from edge.appkeys import STORE
 from edge.config import EdgeConfig, build_config
 from edge.db import connect, migrate
 from edge.keyfile import create_key
-from edge.store import EdgeStore, set_meta
+from edge.store import EdgeStore, save_program, set_meta
 from edge.terminals import create_pairing_code
 from protocol import Program, public_bytes, uuid7
 
@@ -70,9 +69,8 @@ def with_conn(config: EdgeConfig, fn: Any, only_if_missing: str | None = None) -
 
 
 def install_program(config: EdgeConfig, program: Program = DEMO_PROGRAM) -> None:
-    from dataclasses import asdict
-
-    with_conn(config, lambda c: set_meta(c, "program", msgpack.packb(asdict(program))))
+    """As a downlink would: the current program, kept in the history of versions."""
+    with_conn(config, lambda c: save_program(c, program))
 
 
 def set_confirmed(config: EdgeConfig, customer_id: str, points: int, version: int = 1) -> None:
@@ -133,13 +131,15 @@ async def pair(session: aiohttp.ClientSession, base: str, config: EdgeConfig, na
 
 
 @asynccontextmanager
-async def running_edge(config: EdgeConfig) -> AsyncIterator[tuple[web.Application, str]]:
+async def running_edge(
+    config: EdgeConfig, clock: Callable[[], float] = time.time
+) -> AsyncIterator[tuple[web.Application, str]]:
     """The real edge application on 127.0.0.1, on a free port."""
     from edge.app import bind_socket
 
     sock = bind_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
-    app = build_app(config, port=port)
+    app = build_app(config, port=port, clock=clock)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     site = web.SockSite(runner, sock)

@@ -17,7 +17,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge import writes
+from edge import sale_writes, writes
 from edge.cloud_client import CloudClient
 from edge.errors import CloudRefused, CloudUnavailable
 from edge.keyfile import load_key
@@ -25,6 +25,7 @@ from edge.outbox import Identity
 from edge.store import EdgeStore
 from edge.sync import SyncTask
 from protocol import Consent, Earn, Enroll, Redeem, earn_points, key_id_for, public_bytes, uuid7
+from protocol.earning import Customer as RulesCustomer
 
 from . import cloudkit
 from .edgekit import DEMO_PROGRAM, install_program, make_edge_config
@@ -77,6 +78,11 @@ class Link:
             raise CloudUnavailable("link: reply lost")
         return reply
 
+    async def get_bytes(self, path: str) -> bytes:
+        if not self.up:
+            raise CloudUnavailable("link: down")
+        return await self.client.get_bytes(path)
+
     async def close(self) -> None:
         await self.client.close()
 
@@ -103,13 +109,13 @@ class LinkedEdge:
         now = self.now()
         op = Earn(op_id=uuid7(now), at=now, terminal_id=self.terminal_id, customer_id=customer_id, sale_id=sale_id,
                   amount=amount, points=earn_points(amount, DEMO_PROGRAM), program_version=1)
-        return await self._write(op.op_id, writes.earn(op))
+        return await self._write(op.op_id, sale_writes.earn(op, RulesCustomer()))
 
     async def redeem(self, customer_id: str, sale_id: str, points: int) -> Any:
         now = self.now()
         op = Redeem(op_id=uuid7(now), at=now, terminal_id=self.terminal_id, customer_id=customer_id,
                     sale_id=sale_id, points=points, program_version=1)
-        return await self._write(op.op_id, writes.redeem(op))
+        return await self._write(op.op_id, sale_writes.redeem(op, "points"))
 
     async def _write(self, key: str, action: writes.Action) -> Any:
         status, body, _ = await self.store.write(writes.idempotent(self.terminal_id, key, b"h", self.now(), action))

@@ -78,7 +78,8 @@ class CloudProcess:
         self.data = root / "cloud"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.public_key = json.loads(cli("loyalty-cloud", "init", "--data", str(self.data), "--json"))["public_key"]
+        info = json.loads(cli("loyalty-cloud", "init", "--data", str(self.data), "--json"))
+        self.public_key, self.key_id = info["public_key"], info["key_id"]
         cli("loyalty-cloud", "brand", "add", "acme", "--name", "Acme", "--data", str(self.data))
         cli("loyalty-cloud", "program", "set", "acme", "--name", "Acme points", "--points-per-unit", "1",
             "--unit-amount", "100", "--data", str(self.data))
@@ -89,6 +90,12 @@ class CloudProcess:
         cli("loyalty-cloud", "store", "add", store_id, "--brand", "acme", "--public-key", public_key,
             "--data", str(self.data))
 
+    def claim_token(self, store_id: str, *extra: str) -> str:
+        """A store awaiting its edge, and the one-time token the edge enrolls with."""
+        out = cli("loyalty-cloud", "store", "add", store_id, "--brand", "acme", "--json", *extra,
+                  "--data", str(self.data))
+        return str(json.loads(out)["claim_token"])
+
     def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         conn = sqlite3.connect(f"file:{self.data / 'cloud.sqlite3'}?mode=ro", uri=True)
         try:
@@ -98,19 +105,23 @@ class CloudProcess:
 
 
 class EdgeProcess:
-    def __init__(self, root: Path, cloud: CloudProcess, store_id: str, *, zeroconf: bool = False) -> None:
+    def __init__(self, root: Path, cloud: CloudProcess, store_id: str, *, zeroconf: bool = False,
+                 claim_token: str | None = None) -> None:
+        """Provisioned by hand (the cloud registers the printed key), or with a claim token (the edge enrolls)."""
         self.data = root / store_id
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.store_id = store_id
-        args = ["loyalty-edge", "init", "--data", str(self.data), "--store-id", store_id, "--cloud-url", cloud.url,
+        args = ["loyalty-edge", "init", "--data", str(self.data), "--cloud-url", cloud.url,
                 "--cloud-public-key", cloud.public_key, "--port", str(self.port), "--sync-interval", "0.3",
                 "--interface", "127.0.0.1"]
+        args += ["--store-id", store_id] if claim_token is None else ["--claim-token", claim_token]
         if not zeroconf:
             args.append("--no-zeroconf")
-        info = json.loads(cli(*args))
-        self.key_id = info["key_id"]
-        cloud.add_store(store_id, info["public_key"])
+        self.info = json.loads(cli(*args))
+        self.key_id = self.info["key_id"]
+        if claim_token is None:
+            cloud.add_store(store_id, self.info["public_key"])
         self.service = Service([str(BIN / "loyalty-edge"), "serve", "--data", str(self.data)],
                                root / f"{store_id}.log")
 

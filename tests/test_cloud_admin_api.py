@@ -70,8 +70,11 @@ async def test_a_brand_operator_sees_and_changes_its_brand_only(cloud: k.Cloud) 
     _, merchant = await make_operator(cloud, "Acme accountant", k.BRAND)
     status, body = await call(cloud, "GET", "/v1/admin/brands", merchant)
     assert [b["brand_id"] for b in body["brands"]] == [k.BRAND]
+    await cloud.storage.revoke_store("store-b", "stolen till", k.now_ms())
     status, body = await call(cloud, "GET", "/v1/admin/stores", merchant)
     assert sorted(s["store_id"] for s in body["stores"]) == ["store-a", "store-b"]
+    revoked = {s["store_id"]: s["revoke_reason"] for s in body["stores"]}
+    assert revoked == {"store-a": None, "store-b": "stolen till"}
     before = await cloud.snapshot()
     status, body = await call(cloud, "PUT", f"/v1/admin/brands/{k.OTHER_BRAND}/program", merchant, PROGRAM)
     assert (status, body["error"]["code"]) == (403, "forbidden_brand")

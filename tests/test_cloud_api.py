@@ -71,20 +71,24 @@ async def test_happy_path_balances_and_ack(cloud_env: k.Cloud) -> None:
     assert status == 200
     ack = open_ack(raw, cloud_env.key.public)
     assert (ack.store_id, ack.seq, ack.batch_hash) == ("store-a", 1, batch_hash)
+    # The void takes back 120 of a balance of 100: the program's default refund policy clamps at zero.
     assert results(ack) == [(APPLIED, None, 0), (APPLIED, None, 120), (APPLIED, None, -20),
-                            (APPLIED, None, -120), (APPLIED, None, 45), (APPLIED, None, 0)]
+                            (APPLIED, None, -100), (APPLIED, None, 45), (APPLIED, None, 0)]
     assert [r.op_id for r in ack.results] == [op.op_id for op in ops]
     (balance,) = ack.balances
-    assert (balance.customer_id, balance.points) == (cid, 25)
-    assert await cloud_env.balances() == {cid: 25}
+    assert (balance.customer_id, balance.points) == (cid, 45)
+    assert await cloud_env.balances() == {cid: 45}
     assert await cloud_env.storage.audit_balances() == []
+    assert [(s.kind, s.points, s.policy) for s in await cloud_env.storage.list_shortfalls()] == [
+        ("void", 20, "clamp")
+    ]
 
     store.advance(batch_hash)
     ack2, _ = await cloud_env.send(store, [k.earn(cid, "s3", 5)])
-    assert ack2.seq == 2 and ack2.balances == (Balance(cid, 30, balance.version + 1),)
+    assert ack2.seq == 2 and ack2.balances == (Balance(cid, 50, balance.version + 1),)
     downlink, _ = await cloud_env.pull(store)
     (record,) = downlink.customers
-    assert (record.name, record.email, record.balance, record.version) == ("Ada L.", "ada@example.org", 30,
+    assert (record.name, record.email, record.balance, record.version) == ("Ada L.", "ada@example.org", 50,
                                                                            balance.version + 1)
 
 

@@ -320,7 +320,8 @@ def test_the_periodic_job_and_reports_from_the_command_line(cloud_data: Path, le
     # a tampered balance fails the job (exit 1), and says which step
     cid = k.any_uuid()
     k.run_sync(ledger.execute(cloud_data / "cloud.sqlite3",
-                              "INSERT INTO customers VALUES ('" + cid + "', 'acme', 'X', NULL, NULL, NULL, '{}', 5, 1,"
+                              "INSERT INTO customers (customer_id, brand_id, name, consent, balance, version,"
+                              f" enrolled_store, created_at, updated_at) VALUES ('{cid}', 'acme', 'X', '{{}}', 5, 1,"
                               " 'nowhere', 1, 1)"))
     failed = cli("reconcile", "--periodic", "--data", cloud_data, expect=1)
     assert "audit_balances" in failed.stderr

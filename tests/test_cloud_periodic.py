@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
+from cloud.model import CLOUD_ORIGIN
 from cloud.periodic import StepResult, run_periodic, utc_day
+from cloud.reports import parse_query, run_report
 from cloud.sqlite_storage import SQLiteStorage
 
 from . import cloudkit as k
@@ -47,7 +49,8 @@ async def test_a_sound_ledger_passes_and_the_snapshot_counts_brands_and_stores(c
     first = by_step(await run_periodic(cloud.storage, now))
     assert all(r.ok for r in first.values()), first
     assert first["audit_chains"].detail == {"batches_checked": 4, "problems": []}
-    assert first["expire_points"].detail["skipped"].startswith("points expiry is not in this version")
+    assert first["expire_points"].detail["points_expired"] == 0  # no expiry in this program
+    assert first["merge_duplicates"].detail["skipped"].startswith("merging duplicate profiles is not in this")
     snapshot = first["liability_snapshot"].detail
     assert snapshot["day"] == utc_day(now)
     # acme: 100 - 30 + 7 + 20 - 5 = 92 points, 92 * 5 // 2 = 230; zeta's program gives points no value
@@ -125,18 +128,18 @@ async def test_stores_not_heard_from_are_logged_and_listed(cloud: k.Cloud, caplo
     assert quieter["silent_stores"].detail["silent"] == []
 
 
-class ExpiringStorage(SQLiteStorage):
-    """A ledger that has the expiry step the expiry work will add (records its calls here)."""
+class MergingStorage(SQLiteStorage):
+    """A ledger that has the merge step the identity work will add (records its calls here)."""
 
     calls: list[int]
 
-    async def run_expiry(self, now: int) -> dict[str, Any]:
+    async def run_merges(self, now: int) -> dict[str, Any]:
         self.calls.append(now)
-        return {"expired_points": 0}
+        return {"merged": 0}
 
 
-async def test_the_expiry_hook_runs_when_the_storage_has_it(tmp_path: Path) -> None:
-    storage = ExpiringStorage(tmp_path / "ledger.sqlite3")
+async def test_the_merge_hook_runs_when_the_storage_has_it(tmp_path: Path) -> None:
+    storage = MergingStorage(tmp_path / "ledger.sqlite3")
     storage.calls = []
     await storage.open(k.now_ms())
     try:
@@ -144,5 +147,27 @@ async def test_the_expiry_hook_runs_when_the_storage_has_it(tmp_path: Path) -> N
     finally:
         await storage.close()
     assert storage.calls == [1_700_000_000_000]
-    assert results["expire_points"] == StepResult("expire_points", True, {"result": {"expired_points": 0}})
-    assert "skipped" in results["merge_duplicates"].detail
+    assert results["merge_duplicates"] == StepResult("merge_duplicates", True, {"result": {"merged": 0}})
+
+
+async def test_expiry_runs_in_the_job_once(cloud: k.Cloud) -> None:
+    await cloud.storage.set_program(k.BRAND, "Expiring", 1, 100, k.now_ms(),
+                                    json.dumps({"expiry": {"mode": "after_earned", "months": 6}}))
+    cid = k.any_uuid()
+    await cloud.send(cloud.stores["store-a"], [k.enroll(cid), k.earn(cid, "s1", 40)])
+    later = k.now_ms() + 200 * 24 * HOUR
+    first = by_step(await run_periodic(cloud.storage, later))
+    assert first["expire_points"].detail["points_expired"] == 40 and first["audit_balances"].ok
+    assert await cloud.balances() == {cid: 0}
+    again = by_step(await run_periodic(cloud.storage, later))
+    assert again["expire_points"].detail["points_expired"] == 0
+    # the snapshot counts the expired points out of the brand; the cloud made them, as a row of its own
+    assert again["liability_snapshot"].detail["brands"][0] == {"brand_id": k.BRAND, "points": 0, "value": None}
+    day = utc_day(later)
+    rows = await cloud.storage.liability_snapshots(k.BRAND, day, day)
+    assert [(r.store_id, r.points) for r in rows] == [(None, 0), (CLOUD_ORIGIN, -40), ("store-a", 40), ("store-b", 0)]
+    # and the points report has them as expired, on the day they expired
+    query = parse_query(k.BRAND, {"from": utc_day(k.now_ms()), "to": day, "period": "month"}, later)
+    report = await run_report(cloud.storage, "points", query)
+    totals = {c: sum(row[i] for row in report.rows) for i, c in enumerate(report.columns) if c != "period"}
+    assert (totals["earned"], totals["expired"], totals["net"]) == (40, 40, 0)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from cloud.model import BatchOutcome, CustomerState, LedgerState, OpRecord, SaleState, versioned
 from cloud.reconciler import reconcile
-from protocol import Balance, Op, OpResult, OpStatus
+from protocol import Balance, Op, OpResult, OpStatus, Program
 
 from . import cloudkit as k
 
@@ -30,8 +30,15 @@ def state(*, customers: Sequence[CustomerState] = (), sales: Sequence[SaleState]
     )
 
 
+# Version 1 lets a reversal take a balance below zero; version 2 clamps it at zero (the default).
+PROGRAMS = {
+    1: Program(BRAND, 1, "Acme", 1, 100, '{"refund_policy":"negative"}'),
+    2: Program(BRAND, 2, "Acme", 1, 100),
+}
+
+
 def run(ops: Sequence[Op], st: LedgerState) -> BatchOutcome:
-    return reconcile(store_id=STORE, brand_id=BRAND, seq=3, ops=ops, state=st, now=k.now_ms())
+    return reconcile(store_id=STORE, brand_id=BRAND, seq=3, ops=ops, state=st, now=k.now_ms(), programs=PROGRAMS)
 
 
 def statuses(out: BatchOutcome) -> list[tuple[OpStatus, str | None, int]]:
@@ -117,9 +124,24 @@ def test_void_gives_back_only_what_the_cloud_applied_and_notes_the_difference() 
     op = k.void(cid, "s1", 30, 100)
     out = run([op], state(customers=[customer(cid, 10)], sales=[sale]))
     assert statuses(out) == [(APPLIED, None, -30)]
-    assert out.balances == (Balance(cid, -20, 101),)  # may go negative: documented, no clamp yet
+    assert out.balances == (Balance(cid, -20, 101),)  # version 1 lets a reversal go below zero, and says so
     (record,) = out.ops
-    assert record.note is not None and "returned 100" in record.note and "redeemed 0" in record.note
+    assert record.note is not None and "gives back 0" in record.note
+    (mismatch,) = out.mismatches
+    assert (mismatch.kind, mismatch.edge_points, mismatch.cloud_points) == ("void", 70, -30)
+    (shortfall,) = out.shortfalls
+    assert (shortfall.policy, shortfall.points, shortfall.balance_after) == ("negative", 20, -20)
+
+
+def test_a_void_under_the_clamp_policy_stops_at_zero_and_reports_the_shortfall() -> None:
+    cid = k.any_uuid()
+    sale = SaleState(STORE, "s1", cid, 30, 0, None, None)
+    out = run([k.void(cid, "s1", 30, 0, program_version=2)], state(customers=[customer(cid, 10)], sales=[sale]))
+    assert statuses(out) == [(APPLIED, None, -10)]
+    assert out.balances == (Balance(cid, 0, 101),) and out.mismatches == ()
+    assert [(s.policy, s.points, s.balance_after) for s in out.shortfalls] == [("clamp", 20, 0)]
+    (saved,) = out.sales
+    assert saved.earn_reversed == 30  # reversed in full, 20 of it could not be taken: never taken again
 
 
 def test_void_refusals() -> None:

@@ -112,7 +112,7 @@ async def test_active_customers_and_visits_per_day_week_and_month(filled: Filled
 async def test_points_earned_redeemed_adjusted_and_voided_per_period(filled: Filled) -> None:
     token = await operator(filled.cloud)
     _, monthly = await report(filled.cloud, token, "points", period="month", **SPRING)
-    assert monthly["columns"] == ["period", "earned", "redeemed", "expired", "adjusted", "voided", "other", "net"]
+    assert monthly["columns"] == ["period", "earned", "redeemed", "expired", "adjusted", "reversed", "other", "net"]
     assert rows(monthly) == [("2024-03-01", 170, 30, 0, 0, 0, 0, 140), ("2024-04-01", 0, 0, 0, 7, -20, 0, -13)]
     _, march = await report(filled.cloud, token, "points", period="month", **{"from": "2024-03-01",
                                                                               "to": "2024-03-31"})
@@ -151,7 +151,7 @@ async def test_csv_export_and_the_brand_scope(filled: Filled) -> None:
     status, text = await report(cloud, token, "points", period="month", format="csv", **SPRING)
     assert status == 200
     table = list(csv.reader(io.StringIO(text)))
-    assert table == [["period", "earned", "redeemed", "expired", "adjusted", "voided", "other", "net"],
+    assert table == [["period", "earned", "redeemed", "expired", "adjusted", "reversed", "other", "net"],
                      ["2024-03-01", "170", "30", "0", "0", "0", "0", "140"],
                      ["2024-04-01", "0", "0", "0", "7", "-20", "0", "-13"]]
     status, body = await report(cloud, token, "points", brand=k.OTHER_BRAND)

@@ -15,7 +15,7 @@ import pytest
 from edge.discovery import discover_edges
 
 from .edgekit import Terminal
-from .processkit import CloudProcess, EdgeProcess
+from .processkit import CloudProcess, EdgeProcess, cli
 
 RUN = uuid.uuid4().hex[:8]  # store names are advertised on the shared loopback: keep ours apart
 
@@ -178,6 +178,71 @@ async def test_kill_9_during_a_burst_loses_no_acknowledged_op(tmp_path: Path, se
     finally:
         edge.service.ensure_stopped()
         cloud.service.ensure_stopped()
+
+
+async def test_an_offline_sale_with_a_loyalty_tender_and_a_promotion_then_a_partial_refund(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    cloud = CloudProcess(tmp_path)
+    settings = tmp_path / "currency.json"
+    # 5 loyalty cents per dollar (1 per 20 cents), and 100 more on any sale of $30 or more.
+    settings.write_text('{"kind": "currency", "promotions": [{"kind": "spend_x", "min_spend": 3000, "bonus": 100}]}')
+    cli("loyalty-cloud", "program", "set", "acme", "--name", "Acme dollars", "--points-per-unit", "1",
+        "--unit-amount", "20", "--settings", str(settings), "--data", str(cloud.data))
+    edge = EdgeProcess(tmp_path, cloud, f"store-o-{RUN}")
+    try:
+        cloud.service.start()
+        edge.service.start()
+        terminal = await paired(session, edge)
+
+        async def has_version_2() -> bool:
+            status, data = await terminal.call("POST", "/v1/quote", {"sale": coat_and_hats([])})
+            return status == 200 and data["program_version"] == 2
+
+        await eventually(has_version_2, what="the currency program to reach the edge")
+        cid = (await terminal.enroll("Offline Otto", phone="+15145550600"))["customer_id"]
+        online = {"sale_id": "on-1", "state": "paid", "lines": [
+            {"line_id": "1", "sku": "coat", "quantity": 1, "unit_price": 10_000}],
+            "tenders": [{"kind": "cash", "amount": 10_000}]}
+        status, data = await terminal.call("POST", "/v1/earns", {"customer_id": cid, "sale": online})
+        assert (status, data["points"]) == (201, 500 + 100), data
+
+        async def confirmed(points: int) -> bool:
+            balance = (await profile(terminal, cid))["balance"]
+            return balance["pending"] == 0 and balance["confirmed"] == points
+
+        await eventually(lambda: confirmed(600), what="the first sale to be confirmed")
+        cloud.service.stop()  # the internet goes down
+
+        status, quote = await terminal.call("POST", "/v1/quote", {"sale": coat_and_hats([]), "customer_id": cid})
+        assert (quote["available"], quote["max_loyalty_tender"]) == (600, 600)
+        status, data = await terminal.call("POST", "/v1/redemptions", {"customer_id": cid, "sale_id": "off-1",
+                                                                      "amount": 500})
+        assert status == 201, data
+        tenders = [{"kind": "loyalty", "amount": 500}, {"kind": "card", "amount": 7_500, "card_token": "tok_e2e"}]
+        status, data = await terminal.call("POST", "/v1/earns", {"customer_id": cid, "sale": coat_and_hats(tenders)})
+        # $75 of $80 not paid with loyalty: 375, and the promotion's 100.
+        assert (status, data["points"]) == (201, 475), data
+        status, data = await terminal.call("POST", "/v1/sales/off-1/refunds",
+                                           {"lines": [{"line_id": "hats", "quantity": 1}]})
+        # What the sale still earns falls from 475 to 328 + 100 (a hat of $10 back);
+        # 500 * 1,000 / 8,000 of the tender comes back, rounded up to 63.
+        assert (status, data["reversed_points"], data["returned_points"]) == (201, 47, 63), data
+        assert (await profile(terminal, cid))["balance"]["confirmed"] == 600
+
+        cloud.service.start()  # back online
+        await eventually(lambda: confirmed(600 - 500 + 475 - 47 + 63), what="the offline work to converge")
+        assert cloud.query("SELECT balance FROM customers WHERE customer_id = ?", cid) == [(591,)]
+        assert cloud.query("SELECT COUNT(*) FROM mismatches") == [(0,)]
+    finally:
+        edge.service.ensure_stopped()
+        cloud.service.ensure_stopped()
+
+
+def coat_and_hats(tenders: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"sale_id": "off-1", "state": "paid" if tenders else "open", "tenders": tenders, "lines": [
+        {"line_id": "coat", "sku": "coat", "quantity": 1, "unit_price": 6_000},
+        {"line_id": "hats", "sku": "hat", "quantity": 2, "unit_price": 1_000}]}
 
 
 async def _true_after(value: bool) -> bool:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.db import connect, migrate
+from edge.db import MIGRATIONS, connect, migrate
 from edge.errors import Conflict, StoreError
 from edge.writer import Writer
 
@@ -40,10 +40,10 @@ async def test_pragmas_are_durable(tmp_path: Path) -> None:
     conn = connect(tmp_path / "x.sqlite3")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-    assert migrate(conn) == ["0001_core"]
+    assert migrate(conn) == [name for name, _ in MIGRATIONS]
     assert migrate(conn) == []  # recorded, so never applied twice
     names = [r[0] for r in conn.execute("SELECT name FROM migrations")]
-    assert names == ["0001_core"]
+    assert names == [name for name, _ in MIGRATIONS] and names[0] == "0001_core"
 
 
 async def test_concurrent_writes_share_commits(tmp_path: Path) -> None:

@@ -54,16 +54,16 @@ async def test_key_rotation_as_the_readme_says_loses_and_repeats_nothing(tmp_pat
             assert cloud.service.stop() == 0  # the next batch, signed by the old key, will wait for its ack
             await write("e1", "/v1/earns", {"customer_id": cid, "sale_id": "s1", "amount": 500, "state": "paid"})
             wait_for(lambda: bool(edge.query("SELECT 1 FROM batches WHERE acked_at IS NULL")))
-
-            new = json.loads(cli("loyalty-edge", "new-key", "--key-file", str(edge.data / "edge.key.new")))
-            cli("loyalty-cloud", "store", "add-key", "store-rot", "--public-key", new["public_key"],
-                "--data", str(cloud.data))
             assert edge.service.stop() == 0
-            (edge.data / "edge.key.new").rename(edge.data / "edge.key")
-            edge.service.start()
             cloud.service.start()
+
+            new = json.loads(cli("loyalty-edge", "rotate-key", "--data", str(edge.data)))
+            assert new["old_key_id"] == edge.key_id and new["batches_waiting"] == 1
+            edge.service.start()  # "systemctl restart loyalty-edge"
             wait_for(lambda: edge.query("SELECT COUNT(*) FROM outbox WHERE status IS NULL")[0][0] == 0)
-            cli("loyalty-cloud", "store", "revoke-key", edge.key_id, "--data", str(cloud.data))
+            states = [json.loads(line) for line in cli("loyalty-cloud", "store", "rotate-key", "store-rot", "--json",
+                                                       "--data", str(cloud.data)).splitlines()]
+            assert {s["key_id"]: s["state"] for s in states} == {edge.key_id: "retiring", new["key_id"]: "active"}
             await write("e2", "/v1/earns", {"customer_id": cid, "sale_id": "s2", "amount": 300, "state": "paid"})
             wait_for(lambda: edge.query("SELECT COUNT(*) FROM outbox WHERE status IS NULL")[0][0] == 0)
         key_ids = [open_envelope(row[0], MessageType.BATCH).key_id

@@ -19,8 +19,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.config import ConfigError
-from edge.logsetup import JsonFormatter, RateLimitFilter, TextFormatter
 from protocol import public_bytes
+from runtime.logsetup import JsonFormatter, RateLimitFilter, TextFormatter
 
 from .edgekit import make_edge_config
 from .processkit import free_port

@@ -29,7 +29,9 @@ from protocol import (
     ProtocolError,
     Pull,
     Redeem,
+    Refund,
     UpdateProfile,
+    Void,
     body_hash,
     decode_ack,
     decode_batch,
@@ -43,16 +45,43 @@ from protocol import (
     op_from_wire,
     open_envelope,
     private_key_from_seed,
+    public_bytes,
     seal_batch,
 )
 from protocol.envelope import Envelope
+from protocol.key_messages import (
+    Claim,
+    CloudKeyAnnouncement,
+    Enrollment,
+    StoreKeyRotated,
+    StoreKeyRotation,
+    decode_claim,
+    decode_cloud_key,
+    decode_enrollment,
+    decode_key_chain,
+    decode_store_key_rotated,
+    decode_store_key_rotation,
+    encode_claim,
+    encode_cloud_key,
+    encode_enrollment,
+    encode_store_key_rotated,
+    encode_store_key_rotation,
+    open_claim,
+    open_cloud_key,
+    open_enrollment,
+    seal_cloud_key,
+    seal_store_key_rotation,
+)
+from protocol.sale import Sale, SaleLine, SaleState, Tender, TenderKind
 
 T0 = 1_767_225_600_000
 KEY = private_key_from_seed(bytes(range(32)))
 KEY_ID = key_id_for(KEY.public_key())
 CUSTOMER = "11111111-2222-4333-8444-555555555555"
 COMMON: dict[str, Any] = {"terminal_id": "01234567-89ab-4cde-8f01-23456789abcd", "customer_id": CUSTOMER}
-OP_IDS = [f"019b76da-a80{i}-7000-8000-00000000000{i}" for i in range(4)]
+OP_IDS = [f"019b76da-a80{i}-7000-8000-00000000000{i}" for i in range(7)]
+SALE = Sale("S-3", (SaleLine("1", "latte", "drink", 2, 450, 50, 60), SaleLine("2", "mug", None, 1, 900, 0, 0)), 100,
+            (Tender(TenderKind.LOYALTY, 200), Tender(TenderKind.CARD, 1_610, "tok_9")), SaleState.CLOSED)
 BATCH = Batch(
     store_id="store-1",
     node_id="0f0e0d0c-0b0a-4908-8706-050403020100",
@@ -69,7 +98,14 @@ BATCH = Batch(
             op_id=OP_IDS[1], at=T0, **COMMON, name=None, phone=None, email=None, card_code="C-1", clear=("email",)
         ),
         Earn(op_id=OP_IDS[2], at=T0, **COMMON, sale_id="S-1", amount=1250, points=12, program_version=1),
-        Redeem(op_id=OP_IDS[3], at=T0, **COMMON, sale_id="S-2", points=10, program_version=1),
+        Redeem(op_id=OP_IDS[3], at=T0, **COMMON, sale_id="S-2", points=10, program_version=1,
+               rewards=(("coffee", 2),)),
+        Earn(op_id=OP_IDS[4], at=T0, **COMMON, sale_id="S-3", amount=SALE.total, points=16, program_version=1,
+             sale=SALE),
+        Refund(op_id=OP_IDS[5], at=T0, **COMMON, sale_id="S-3", lines=(("1", 1),), reversed_points=4,
+               returned_points=1, program_version=1),
+        Void(op_id=OP_IDS[6], at=T0, **COMMON, sale_id="S-3", reversed_points=12, returned_points=0,
+             program_version=1),
     ),
 )
 ACK = Ack(
@@ -80,7 +116,10 @@ ACK = Ack(
     results=(OpResult(OP_IDS[2], OpStatus.APPLIED, None, 12), OpResult(OP_IDS[3], OpStatus.REFUSED, "nope", 0)),
     balances=(Balance(CUSTOMER, 12, 7),),
 )
-PULL = Pull(store_id="store-1", key_id=KEY_ID, cursor=6, nonce=bytes(16), at=T0, limit=500)
+PULL = Pull(store_id="store-1", key_id=KEY_ID, cursor=6, nonce=bytes(16), at=T0, limit=500, cloud_key_id=KEY_ID)
+NEW_KEY = private_key_from_seed(bytes(range(32, 64)))
+CLOUD_KEY_ENVELOPE = seal_cloud_key(2, KEY, NEW_KEY, 3_600_000, T0)
+STORE_KEY_ENVELOPE = seal_store_key_rotation("store-1", KEY, NEW_KEY, bytes(16), T0)
 DOWNLINK = Downlink(
     store_id="store-1",
     nonce=bytes(16),
@@ -88,9 +127,14 @@ DOWNLINK = Downlink(
     to_cursor=7,
     more=True,
     at=T0,
-    customers=(CustomerRecord(CUSTOMER, "Ana", None, "a@b.pt", "C-1", 12, 7),),
+    customers=(CustomerRecord(CUSTOMER, "Ana", None, "a@b.pt", "C-1", 12, 7, ("staff", "vip"), True,
+                              ((T0 + 1, 5), (T0 + 86_400_001, 7))),),
     program=Program("brand-1", 1, "Points", 1, 100),
+    cloud_keys=(CLOUD_KEY_ENVELOPE,),
 )
+CLAIM = Claim("lck_token", KEY_ID, public_bytes(KEY.public_key()), bytes(16), T0)
+ENROLLMENT = Enrollment("store-1", "brand-1", KEY_ID, bytes(16), T0, 3, KEY_ID, public_bytes(KEY.public_key()))
+ROTATED = StoreKeyRotated("store-1", KEY_ID, key_id_for(NEW_KEY.public_key()), T0 + 1, bytes(16), T0)
 GOLDEN_BATCH = seal_batch(BATCH, KEY)[0]
 
 # sized so that the whole file runs in well under 20 s on a shared 2-core machine
@@ -102,12 +146,27 @@ DECODERS: dict[MessageType, tuple[Callable[[bytes], Any], Callable[[Any], bytes]
     MessageType.ACK: (decode_ack, encode_ack, Ack),
     MessageType.PULL: (decode_pull, encode_pull, Pull),
     MessageType.DOWNLINK: (decode_downlink, encode_downlink, Downlink),
+    MessageType.CLAIM: (decode_claim, encode_claim, Claim),
+    MessageType.ENROLLMENT: (decode_enrollment, encode_enrollment, Enrollment),
+    MessageType.STORE_KEY: (decode_store_key_rotation, encode_store_key_rotation, StoreKeyRotation),
+    MessageType.STORE_KEY_ACK: (decode_store_key_rotated, encode_store_key_rotated, StoreKeyRotated),
+    MessageType.CLOUD_KEY: (decode_cloud_key, encode_cloud_key, CloudKeyAnnouncement),
 }
 VALID_BODIES = {
     MessageType.BATCH: encode_batch(BATCH),
     MessageType.ACK: encode_ack(ACK),
     MessageType.PULL: encode_pull(PULL),
     MessageType.DOWNLINK: encode_downlink(DOWNLINK),
+    MessageType.CLAIM: encode_claim(CLAIM),
+    MessageType.ENROLLMENT: encode_enrollment(ENROLLMENT),
+    MessageType.STORE_KEY: open_envelope(STORE_KEY_ENVELOPE, MessageType.STORE_KEY).body,
+    MessageType.STORE_KEY_ACK: encode_store_key_rotated(ROTATED),
+    MessageType.CLOUD_KEY: open_envelope(CLOUD_KEY_ENVELOPE, MessageType.CLOUD_KEY).body,
+}
+SELF_CHECKING_OPENERS: dict[MessageType, Callable[[bytes], Any]] = {
+    MessageType.CLAIM: open_claim,
+    MessageType.ENROLLMENT: open_enrollment,
+    MessageType.CLOUD_KEY: lambda data: open_cloud_key(data, KEY.public_key()),
 }
 
 # ----------------------------------------------------------- strategies
@@ -348,3 +407,46 @@ def test_mutated_envelopes_of_a_valid_batch(data: st.DataObject) -> None:
         # a change to the signed part that still parses must not verify (the
         # key id is not signed: changing it only picks another key to verify with)
         assert value_or_protocol_error(result.verify, KEY.public_key()) is None
+
+
+# ------------------------------------------------------------------ keys
+
+
+@FAST
+@given(st.sampled_from(list(SELF_CHECKING_OPENERS)), st.binary(max_size=600))
+def test_self_checking_openers_on_arbitrary_bytes(type_: MessageType, data: bytes) -> None:
+    value_or_protocol_error(SELF_CHECKING_OPENERS[type_], data)
+
+
+@FAST
+@given(st.data())
+def test_mutated_key_envelopes(data: st.DataObject) -> None:
+    """A flipped byte anywhere in a claim or an announcement: refused, or the very same message."""
+    type_, golden = data.draw(st.sampled_from([
+        (MessageType.CLAIM, seal_claim_for_fuzz()), (MessageType.CLOUD_KEY, CLOUD_KEY_ENVELOPE)]))
+    envelope = bytearray(golden)
+    index = data.draw(st.integers(0, len(envelope) - 1))
+    envelope[index] ^= data.draw(st.integers(1, 255))
+    opened = value_or_protocol_error(SELF_CHECKING_OPENERS[type_], bytes(envelope))
+    if opened is not None:
+        assert opened == SELF_CHECKING_OPENERS[type_](golden)
+
+
+def seal_claim_for_fuzz() -> bytes:
+    from protocol import seal
+
+    return seal(MessageType.CLAIM, encode_claim(CLAIM), KEY, KEY_ID)
+
+
+@FAST
+@given(wire_values | st.lists(st.binary(max_size=40), max_size=40))
+def test_decode_key_chain_on_arbitrary_structures(obj: object) -> None:
+    result = value_or_protocol_error(decode_key_chain, packed(obj))
+    if result is not None:
+        assert isinstance(result, tuple) and all(isinstance(e, bytes) for e in result)
+
+
+@FAST
+@given(st.binary(max_size=200))
+def test_decode_key_chain_on_arbitrary_bytes(data: bytes) -> None:
+    value_or_protocol_error(decode_key_chain, data)

@@ -21,6 +21,7 @@ from protocol import (
     LocalProtocolError,
     Op,
     Redeem,
+    Refund,
     RemoteProtocolError,
     UpdateProfile,
     Void,
@@ -30,6 +31,7 @@ from protocol import (
 )
 from protocol.ids import uuid7_time_ms
 from protocol.ops import MAX_TIME_MS, MIN_TIME_MS
+from protocol.sale import Sale, SaleLine, SaleState, Tender, TenderKind
 from protocol.validate import MAX_AMOUNT, MAX_POINTS
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -73,8 +75,10 @@ def base_kw(cls: type[Op]) -> dict[str, Any]:
         },
         Earn: {"sale_id": "S-1", "amount": 1250, "points": 12, "program_version": 1},
         Redeem: {"sale_id": "S-2", "points": 100, "program_version": 1},
-        Void: {"sale_id": "S-1", "reversed_points": 12, "returned_points": 0},
+        Void: {"sale_id": "S-1", "reversed_points": 12, "returned_points": 0, "program_version": 1},
         Adjust: {"points": -5, "reason": "double scan", "actor": "manager-1"},
+        Refund: {"sale_id": "S-1", "lines": (("1", 2), ("2", 1)), "reversed_points": 7, "returned_points": 3,
+                 "program_version": 1},
     }
     return {**common, **specific[cls]}
 
@@ -86,7 +90,9 @@ def build(cls: type[OpT], **overrides: Any) -> OpT:
     return cls(**{**base_kw(cls), **overrides})
 
 
-ALL_OP_CLASSES: list[type[Op]] = [Enroll, UpdateProfile, Earn, Redeem, Void, Adjust]
+ALL_OP_CLASSES: list[type[Op]] = [Enroll, UpdateProfile, Earn, Redeem, Void, Adjust, Refund]
+SALE = Sale("S-1", (SaleLine("1", "latte", "drink", 2, 450, 0, 90), SaleLine("2", "mug", None, 1, 1_200, 200, 0)),
+            0, (Tender(TenderKind.LOYALTY, 300), Tender(TenderKind.CARD, 1_690, "tok_1")), SaleState.PAID)
 
 
 # --------------------------------------------------------- valid ops build
@@ -104,6 +110,7 @@ def test_debits() -> None:
     assert build(Earn).debit == 0
     assert build(Redeem, points=70).debit == 70
     assert build(Void, reversed_points=12, returned_points=30).debit == 12
+    assert build(Refund, reversed_points=7, returned_points=30).debit == 7
     assert build(Adjust, points=-5).debit == 5
     assert build(Adjust, points=5).debit == 0
 
@@ -163,6 +170,18 @@ INVALID: list[Case] = [
     ("void-reversed-negative", lambda: build(Void, reversed_points=-1), "reversed_points", "out_of_range"),
     ("void-returned-huge", lambda: build(Void, returned_points=MAX_POINTS + 1), "returned_points",
      "out_of_range"),
+    ("refund-no-lines", lambda: build(Refund, lines=()), "lines", "missing"),
+    ("refund-line-twice", lambda: build(Refund, lines=(("1", 1), ("1", 1))), "lines", "invalid_value"),
+    ("refund-quantity-zero", lambda: build(Refund, lines=(("1", 0),)), "lines", "out_of_range"),
+    ("refund-reversed-negative", lambda: build(Refund, reversed_points=-1), "reversed_points", "out_of_range"),
+    ("redeem-reward-count-zero", lambda: build(Redeem, rewards=(("coffee", 0),)), "rewards", "out_of_range"),
+    ("redeem-reward-twice", lambda: build(Redeem, rewards=(("a", 1), ("a", 2))), "rewards", "invalid_value"),
+    ("enroll-group-twice", lambda: build(Enroll, groups=("staff", "staff")), "groups", "invalid_value"),
+    ("enroll-group-blank", lambda: build(Enroll, groups=(" ",)), "groups", "missing"),
+    ("enroll-bonus-without-version", lambda: build(Enroll, signup_bonus=50), "program_version", "missing"),
+    ("enroll-bonus-negative", lambda: build(Enroll, signup_bonus=-1), "signup_bonus", "out_of_range"),
+    ("update-opted-out-int", lambda: build(UpdateProfile, opted_out=1), "opted_out", "invalid_type"),
+    ("earn-sale-dict", lambda: build(Earn, sale=SALE.to_wire()), "sale", "invalid_type"),
     ("adjust-zero", lambda: build(Adjust, points=0), "points", "out_of_range"),
     ("adjust-under-min", lambda: build(Adjust, points=-MAX_POINTS - 1), "points", "out_of_range"),
     ("adjust-over-max", lambda: build(Adjust, points=MAX_POINTS + 1), "points", "out_of_range"),
@@ -263,7 +282,40 @@ def test_wire_form_is_plain_msgpack_types() -> None:
         "email": "ana@example.com",
         "card_code": None,
         "consent": {"terms_accepted": True, "channels": ["email"], "source": "pos", "staff": "Ana", "at": T0},
+        "groups": [],
+        "opted_out": False,
+        "signup_bonus": 0,
+        "program_version": None,
     }
+
+
+def test_an_earn_carries_its_sale_and_a_redemption_its_rewards() -> None:
+    earn = build(Earn, sale=SALE, amount=SALE.total)
+    wire = earn.to_wire()
+    assert wire["sale"]["tenders"][1] == {"kind": "card", "amount": 1_690, "card_token": "tok_1"}
+    decoded = msgpack.unpackb(msgpack.packb(wire, use_bin_type=True), raw=False, use_list=False)
+    assert op_from_wire(decoded) == earn and op_from_wire(decoded).sale == SALE
+    redeem = build(Redeem, points=150, rewards=(("coffee", 2), ("five-off", 1)))
+    assert op_from_wire(msgpack.unpackb(msgpack.packb(redeem.to_wire()), raw=False, use_list=False)) == redeem
+    assert redeem.to_wire()["rewards"] == [["coffee", 2], ["five-off", 1]]
+
+
+@pytest.mark.parametrize(("change", "field", "code"), [
+    ({"sale": {**SALE.to_wire(), "lines": [{**SALE.to_wire()["lines"][0], "quantity": 0}]}},
+     "sale.lines[0].quantity", "out_of_range"),
+    ({"sale": {**SALE.to_wire(), "tenders": [{"kind": "card", "amount": 1_990, "card_token": "4242424242424242"}]}},
+     "sale.tenders[0].card_token", "card_number_refused"),
+    ({"sale": {**SALE.to_wire(), "colour": "red"}}, "sale.colour", "bad_op"),
+    ({"sale": [1, 2]}, "sale", "bad_op"),
+    ({"sale": {**SALE.to_wire(), "sale_id": "S-2"}}, "sale.sale_id", "invalid_value"),
+    ({"amount": 1}, "amount", "invalid_value"),
+    ({"sale": {**SALE.to_wire(), "state": "open"}}, "sale.state", "sale_not_paid"),
+])
+def test_a_bad_sale_in_an_earn_names_its_field(change: dict[str, Any], field: str, code: str) -> None:
+    wire = {**build(Earn, sale=SALE, amount=SALE.total).to_wire(), **change}
+    with pytest.raises(RemoteProtocolError) as info:
+        op_from_wire(wire)
+    assert (info.value.field, info.value.code) == (field, code)
 
 
 @pytest.mark.parametrize("cls", ALL_OP_CLASSES, ids=lambda c: c.__name__)
@@ -287,7 +339,7 @@ def test_each_missing_field_is_refused(cls: type[Op]) -> None:
         assert info.value.field == name
 
 
-@pytest.mark.parametrize("kind", ["refund", "EARN", "", None, 1, b"earn", True])
+@pytest.mark.parametrize("kind", ["return", "EARN", "", None, 1, b"earn", True])
 def test_unknown_or_missing_kind_is_refused(kind: object) -> None:
     wire = build(Earn).to_wire()
     wire["kind"] = kind
@@ -348,7 +400,7 @@ def test_digest_is_stable() -> None:
     op = build(Earn)
     assert op.digest() == build(Earn).digest() == op_from_wire(op.to_wire()).digest()
     # pinned: a change here changes every stored digest
-    assert op.digest().hex() == "556a017d93ae753565d38014491dbaa91772e87a8e9c003eca5bc282616ebd08"
+    assert op.digest().hex() == "543285577fd2a6d1b7d4c757cde2fa5b6ae72c4b979cd60dc29773dce2b4f7e9"
 
 
 @pytest.mark.parametrize("cls", ALL_OP_CLASSES, ids=lambda c: c.__name__)
@@ -373,12 +425,24 @@ def test_digest_changes_with_every_field(cls: type[Op]) -> None:
         "returned_points": 1,
         "reason": "other",
         "actor": "manager-2",
+        "groups": ("staff",),
+        "opted_out": True,
+        "signup_bonus": 50,
+        "sale": SALE,
+        "rewards": (("coffee", 1),),
+        "lines": (("1", 1),),
     }
     for f in dataclasses.fields(op):
         changes = {f.name: other_values[f.name]}
         if cls is UpdateProfile and f.name in ("email", "clear"):
             # a field cannot be both set and cleared
             changes = {"email": "x@y", "clear": ()} if f.name == "email" else changes
+        if f.name == "sale":
+            changes["amount"] = SALE.total
+        if f.name == "signup_bonus":
+            changes["program_version"] = 2
+        if cls is UpdateProfile and f.name == "opted_out":
+            changes = {"opted_out": False}
         changed = dataclasses.replace(op, **changes)
         assert changed.digest() != op.digest(), f.name
 
