@@ -343,8 +343,14 @@ def versioned(outcome: BatchOutcome, base: int) -> BatchOutcome:
     )
 
 
+_VERSION_AT = [f.name for f in dataclasses.fields(CustomerState)].index("version")
+_new_customer: Callable[..., CustomerState] = CustomerState
+
+
 def _with_version(customer: CustomerState, version: int) -> CustomerState:
-    return dataclasses.replace(customer, version=version)
+    # From its row: dataclasses.replace costs several times as much, on every customer of a batch.
+    row = astuple(customer)
+    return _new_customer(*row[:_VERSION_AT], version, *row[_VERSION_AT + 1:])
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 
@@ -220,6 +221,7 @@ def test_versions_decided_from_zero_move_past_the_brand_counter() -> None:
     assert out.counter == 2 and [c.version for c in out.customers] == [2]
     moved = versioned(out, 100)
     assert [(c.customer_id, c.version) for c in moved.customers] == [(cid, 102)]
+    assert moved.customers[0] == dataclasses.replace(out.customers[0], version=102)  # nothing else moved
     # the customer the batch did not change keeps the version it has in the ledger
     assert moved.balances == (Balance(cid, 10, 102), Balance(other, 5, 40))
     assert (moved.counter, moved.results, moved.entries) == (102, out.results, out.entries)
