@@ -158,7 +158,7 @@ MIGRATIONS: list[tuple[str, str]] = [
             customer_id TEXT PRIMARY KEY,
             last_token TEXT
         ) WITHOUT ROWID;
-        -- Sales recorded without a profile; only the SHA-256 of their claim code is kept.
+        -- Sales recorded without a profile: only the SHA-256 of their claim code is kept.
         CREATE TABLE claims (
             code_hash TEXT PRIMARY KEY,
             sale_id TEXT NOT NULL UNIQUE,
