@@ -166,6 +166,7 @@ async def test_a_customer_claims_on_the_portal(tmp_path: Path, backend: k.Backen
         await late.post(f"/portal/{k.BRAND}/claim", {"code": old["claim"]["code"]})
         assert late.status == 410 and "expired" in late.html
         assert await cloud_balance(portal.cloud, ada) == POINTS
+        assert await portal.cloud.storage.audit_balances() == []  # the claim wrote its ledger entry
 
 
 async def test_refused_portal_claims_are_limited_per_customer(tmp_path: Path, backend: k.Backend) -> None:
@@ -233,3 +234,6 @@ async def test_a_claim_at_the_edge_and_on_the_portal_is_one_earn_and_a_conflict(
             ("claim", "already_claimed", bob)]
         assert await shop.balance(bob) == {"confirmed": 0, "pending": 0, "available": 0}
         assert (await shop.balance(ada))["confirmed"] == POINTS
+        assert await portal.cloud.storage.audit_balances() == []
+        report = await portal.cloud.storage.report_conflicts(k.BRAND, 0, k.now_ms() + 1)
+        assert report == []  # a second claim lost the merchant nothing
