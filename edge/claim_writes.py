@@ -140,7 +140,8 @@ def claim(code_hash: str | None, customer_id: str, terminal_id: str, now: int,
         ).fetchone()
         if found is None:
             return _failed(conn, terminal_id, window, NotFound(
-                "no sale has this claim code: check the receipt", code="unknown_code", field="code"))
+                "no sale of this store has this claim code: check the receipt (another store's receipt is"
+                " claimed on the portal)", code="unknown_code", field="code"))
         sale_id, version, sale_blob, sale_at, expires_at, claimed_by = found
         if claimed_by is not None:
             return _failed(conn, terminal_id, window, Conflict(

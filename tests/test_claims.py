@@ -182,6 +182,10 @@ async def test_refused_portal_claims_are_limited_per_customer(tmp_path: Path, ba
             assert browser.status == 404
         await browser.post(f"/portal/{k.BRAND}/claim", {"code": receipt["claim"]["code"]})
         assert browser.status == 429 and "Too many" in browser.html
+        # Counted in the ledger's database (a restart keeps them), per customer and per client address.
+        stored = await portal.cloud.backend.rows(
+            portal.cloud.db_path, "SELECT key, count FROM portal_limits WHERE key LIKE 'claim:%' ORDER BY key")
+        assert [(key.split(":")[1], count) for key, count in stored] == [("address", 10), ("customer", 10)]
         rows = await portal.cloud.backend.rows(portal.cloud.db_path,
                                                "SELECT count(*) FROM claimable_sales WHERE customer_id IS NULL")
         assert rows[0][0] == 1
