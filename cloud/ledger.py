@@ -15,7 +15,8 @@ from protocol import GENESIS_HASH, LocalProtocolError, Program
 from protocol.expiry import ExpiryMode
 from protocol.validate import MAX_POINTS, check_range, check_text
 
-from . import balances, checks
+from . import balances, checks, claims_store
+from .claims_model import PortalClaim
 from .errors import AlreadyExists, ConfigError, NotFound, StoreError
 from .ledger_periodic import PeriodicLedger
 from .ledger_reports import ReportLedger
@@ -145,7 +146,8 @@ class SqlLedger(PeriodicLedger, ReportLedger):
             expiring = {} if program is None else await balances.expiring_of(
                 q, [c.customer_id for c in customers], program.options.expiry
             )
-        return DownlinkPage(customers, 0 if counter is None else counter[0], program, expiring)
+            cards = await claims_store.card_tokens(q, [c.customer_id for c in customers])
+        return DownlinkPage(customers, 0 if counter is None else counter[0], program, expiring, cards)
 
     async def current_program(self, brand_id: str) -> Program | None:
         async with self._read() as q:
@@ -419,6 +421,10 @@ class SqlLedger(PeriodicLedger, ReportLedger):
         _check_adjustment(points, reason, actor)
         async with self._write() as q:
             return await balances.adjust(q, brand_id, customer_id, points, reason, actor, operator_id, now)
+
+    async def claim_sale(self, brand_id: str, code_hash: str, customer_id: str, now: int) -> PortalClaim:
+        async with self._write() as q:
+            return await claims_store.portal_claim(q, brand_id, code_hash, customer_id, now)
 
     async def run_expiry(self, now: int) -> ExpirySummary:
         """Expire what is due at ``now`` for every brand whose current program

@@ -75,11 +75,13 @@ class ReportLedger:
 
     async def report_conflicts(self, brand_id: str, start: int, end: int) -> list[Row]:
         """(store_id, conflicts, points requested, points lost) per store: a refused offline debit
-        lost the merchant what it asked for over what the customer had (nothing below zero)."""
+        lost the merchant what it asked for over what the customer had (nothing below zero). A second
+        claim of a receipt (kind ``claim``) is no debit and lost nothing: it is not counted here."""
         async with self._read() as q:
             return await q.fetch(
                 "SELECT store_id, COUNT(*), CAST(SUM(points_requested) AS BIGINT), CAST(SUM(CASE"
                 " WHEN balance_available > 0 THEN points_requested - balance_available ELSE points_requested END)"
-                f" AS BIGINT) FROM conflicts WHERE {_OF_BRAND} GROUP BY store_id ORDER BY store_id",
+                f" AS BIGINT) FROM conflicts WHERE {_OF_BRAND} AND kind <> 'claim' GROUP BY store_id"
+                " ORDER BY store_id",
                 brand_id, start, end,
             )

@@ -16,6 +16,7 @@ from typing import Any
 
 from protocol import Balance, OpResult, Program
 
+from .claims_model import ClaimRows, ClaimState
 from .engagement_model import ConsentRecord, OutboxMessage
 
 #: The store_id of ledger entries the cloud makes itself (expiry, an operator's
@@ -307,6 +308,7 @@ class LedgerState:
     customers: Mapping[str, CustomerState]  # by customer_id, any brand
     sales: Mapping[str, SaleState]  # by sale_id, this store only
     ops: Mapping[str, OpRecord]  # by op_id, ops already applied or refused
+    claims: ClaimState = field(default_factory=ClaimState)  # loaded apart (LedgerTx.load_claims)
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,6 +325,7 @@ class BatchOutcome:
     counter: int
     mismatches: tuple[MismatchRecord, ...] = ()
     shortfalls: tuple[ShortfallRecord, ...] = ()
+    claim_rows: ClaimRows = field(default_factory=ClaimRows)
 
 
 def versioned(outcome: BatchOutcome, base: int) -> BatchOutcome:
@@ -381,6 +384,7 @@ class DownlinkPage:
     program: Program | None
     #: customer_id -> (expires_at, points) of upcoming expiries (empty without an expiry policy)
     expiring: Mapping[str, tuple[tuple[int, int], ...]] = field(default_factory=dict)
+    card_tokens: Mapping[str, str] = field(default_factory=dict)  # customer_id -> linked card token
 
 
 @dataclass(frozen=True, slots=True)

@@ -386,6 +386,24 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        "0011_identity_claims",
+        (
+            # As in sqlite_schema: sales recorded without a profile, card links and card runs.
+            """CREATE TABLE claimable_sales (
+                code_hash TEXT PRIMARY KEY, brand_id TEXT NOT NULL, store_id TEXT NOT NULL,
+                sale_id TEXT NOT NULL, op_id TEXT NOT NULL, amount BIGINT NOT NULL,
+                program_version INTEGER NOT NULL, sale BYTEA NOT NULL, at BIGINT NOT NULL,
+                expires_at BIGINT NOT NULL, customer_id TEXT, claim_op_id TEXT, claimed_at BIGINT,
+                claimed_via TEXT, points BIGINT, UNIQUE (store_id, sale_id)
+            )""",
+            """CREATE TABLE card_links (
+                brand_id TEXT NOT NULL, token TEXT NOT NULL, customer_id TEXT NOT NULL UNIQUE,
+                linked_at BIGINT NOT NULL, PRIMARY KEY (brand_id, token)
+            )""",
+            "CREATE TABLE card_streaks (customer_id TEXT PRIMARY KEY, last_token TEXT)",
+        ),
+    ),
 )
 
 

@@ -51,6 +51,8 @@ import asyncpg
 
 from protocol import Program
 
+from . import claims_store
+from .claims_model import ClaimRows, ClaimState
 from .engagement_store import SqlEngagement, insert_consents, insert_messages
 from .errors import StoreError
 from .ledger import CLAIM_SELECT, SqlLedger, programs_by_version
@@ -222,6 +224,12 @@ class _PgTx:
         await _copy(conn, "conflicts", CONFLICT, outcome.conflicts)
         await _copy(conn, "mismatches", MISMATCH, outcome.mismatches)
         await _copy(conn, "shortfalls", SHORTFALL, outcome.shortfalls)
+
+    async def load_claims(self, store_id: str, customer_ids: Sequence[str], sale_ids: Sequence[str]) -> ClaimState:
+        return await claims_store.load_claims(_PgSession(self._conn), store_id, customer_ids, sale_ids)
+
+    async def save_claims(self, brand_id: str, rows: ClaimRows) -> None:
+        await claims_store.save_claims(_PgSession(self._conn), brand_id, rows)
 
     async def take_versions(self, brand_id: str, count: int) -> int:
         rows = await _fetch(

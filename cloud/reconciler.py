@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from protocol import (
     Adjust,
     Balance,
+    Claim,
     Earn,
     Enroll,
     LocalProtocolError,
@@ -41,6 +42,7 @@ from protocol import (
     Program,
     Redeem,
     Refund,
+    UnclaimedSale,
     UpdateProfile,
     Void,
 )
@@ -51,6 +53,7 @@ from protocol.sale import returned_after
 from protocol.validate import MAX_POINTS
 
 from . import verification
+from .claims_apply import ClaimWork
 from .model import (
     BatchOutcome,
     ConflictRecord,
@@ -117,6 +120,7 @@ class _Batch:
         self.conflicts: list[ConflictRecord] = []
         self.mismatches: list[MismatchRecord] = []
         self.shortfalls: list[ShortfallRecord] = []
+        self.claim_work = ClaimWork(state.claims)
 
     # ---- working state
 
@@ -299,6 +303,7 @@ class _Batch:
             sale.basis = basis.to_bytes()
         self.changed_sales.add(op.sale_id)
         self.move(cust, op, "earn", op.points, op.sale_id)
+        self.claim_work.card_payment(self, cust, op)
         expected = verification.earn(op, self.programs.at(op.program_version), cust.rated_as)
         return _Decision(_APPLIED, points=op.points, note=self._noted(op, op.points, expected))
 
@@ -401,6 +406,10 @@ class _Batch:
             return self.adjust(op)
         if isinstance(op, Refund):
             return self.refund(op)
+        if isinstance(op, UnclaimedSale | Claim):
+            code, points, note = (self.claim_work.unclaimed(self, op) if isinstance(op, UnclaimedSale)
+                                  else self.claim_work.claim(self, op))
+            return _refuse(code) if code is not None else _Decision(_APPLIED, points=points, note=note)
         raise TypeError(f"no rule for op kind {op.kind}")  # protocol grew a kind; a bug here
 
     # ---- the whole batch
@@ -483,4 +492,5 @@ def reconcile(
         counter=work.counter,
         mismatches=tuple(work.mismatches),
         shortfalls=tuple(work.shortfalls),
+        claim_rows=work.claim_work.rows(),
     )

@@ -386,4 +386,42 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        "0011_identity_claims",
+        (
+            # Sales recorded without a profile (an UnclaimedSale op), found by the SHA-256 of their
+            # claim code (the code is never stored); customer_id is set once, by the one claim applied.
+            """CREATE TABLE claimable_sales (
+                code_hash TEXT PRIMARY KEY,
+                brand_id TEXT NOT NULL,
+                store_id TEXT NOT NULL,
+                sale_id TEXT NOT NULL,
+                op_id TEXT NOT NULL,
+                amount INTEGER NOT NULL,
+                program_version INTEGER NOT NULL,
+                sale BLOB NOT NULL,
+                at INTEGER NOT NULL,
+                expires_at INTEGER NOT NULL,
+                customer_id TEXT,
+                claim_op_id TEXT,
+                claimed_at INTEGER,
+                claimed_via TEXT,
+                points INTEGER,
+                UNIQUE (store_id, sale_id)
+            )""",
+            # A processor's card token linked to a profile (never a card number), and each
+            # profile's last card payment token (protocol.claims.card_step).
+            """CREATE TABLE card_links (
+                brand_id TEXT NOT NULL,
+                token TEXT NOT NULL,
+                customer_id TEXT NOT NULL UNIQUE,
+                linked_at INTEGER NOT NULL,
+                PRIMARY KEY (brand_id, token)
+            )""",
+            """CREATE TABLE card_streaks (
+                customer_id TEXT PRIMARY KEY,
+                last_token TEXT
+            )""",
+        ),
+    ),
 )

@@ -24,6 +24,8 @@ import aiosqlite
 
 from protocol import Program
 
+from . import claims_store
+from .claims_model import ClaimRows, ClaimState
 from .engagement_store import SqlEngagement, insert_consents, insert_messages
 from .errors import StoreError
 from .ledger import (
@@ -200,6 +202,12 @@ class _SQLiteTx:
             f"INSERT INTO shortfalls ({SHORTFALL_COLUMNS}) VALUES ({_marks(SHORTFALL_COLUMNS)})",
             (astuple(s) for s in out.shortfalls),
         )
+
+    async def load_claims(self, store_id: str, customer_ids: Sequence[str], sale_ids: Sequence[str]) -> ClaimState:
+        return await claims_store.load_claims(_SQLiteSession(self._conn), store_id, customer_ids, sale_ids)
+
+    async def save_claims(self, brand_id: str, rows: ClaimRows) -> None:
+        await claims_store.save_claims(_SQLiteSession(self._conn), brand_id, rows)
 
     async def take_versions(self, brand_id: str, count: int) -> int:
         rows = await _q(

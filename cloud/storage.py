@@ -19,6 +19,7 @@ from typing import Protocol
 
 from protocol import Program
 
+from .claims_model import ClaimRows, ClaimState, PortalClaim
 from .engagement_model import (
     ConsentRecord,
     MessageContact,
@@ -98,6 +99,12 @@ class LedgerTx(Protocol):
         """The customers (with their final versions), the batch's messages and consents,
         the batch and its ack, the store's applied head; the batch leaves the inbox."""
         ...
+
+    async def load_claims(self, store_id: str, customer_ids: Sequence[str], sale_ids: Sequence[str]) -> ClaimState:
+        """The store's unclaimed sales among ``sale_ids`` (locked) and the customers' card runs."""
+        ...
+
+    async def save_claims(self, brand_id: str, rows: ClaimRows) -> None: ...
 
 
 class PortalTx(Protocol):
@@ -292,6 +299,10 @@ class Storage(Protocol):
         self, brand_id: str, customer_id: str, points: int, reason: str, actor: str, now: int,
         operator_id: str | None = None,
     ) -> AdjustmentRecord: ...
+
+    async def claim_sale(self, brand_id: str, code_hash: str, customer_id: str, now: int) -> PortalClaim:
+        """The portal's claim of a receipt, once (``claims_store.portal_claim``; ClaimRefused otherwise)."""
+        ...
 
     async def run_expiry(self, now: int) -> ExpirySummary:
         """Expire every point due at ``now``; idempotent, safe to run twice or to interrupt."""

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from protocol import Ack, Batch, MessageType, Op, OpStatus, ProtocolError, decode_batch, encode_ack, seal
+from protocol import Ack, Batch, MessageType, Op, OpKind, OpStatus, ProtocolError, decode_batch, encode_ack, seal
 from protocol.refunds import basis_version
 
 from .errors import StoreError
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 POLL_INTERVAL = 0.05
 #: After a failed step (database away), wait this long before the next.
 ERROR_PAUSE = 1.0
+#: Batches with none of these ops and no whole-sale earn read and write nothing of claims or card links.
+_CLAIM_KINDS = frozenset({OpKind.UNCLAIMED_SALE, OpKind.CLAIM})
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +103,9 @@ class Worker:
                 customer_ids=[op.customer_id for op in ops],
                 sale_ids=[sid for op in ops if isinstance(sid := getattr(op, "sale_id", None), str)],
             )
+            if any(op.kind in _CLAIM_KINDS or getattr(op, "sale", None) is not None for op in ops):
+                state = dataclasses.replace(state, claims=await tx.load_claims(
+                    head.store_id, [op.customer_id for op in ops], [getattr(op, "sale_id", "") for op in ops]))
             programs = await tx.load_programs(head.brand_id, sorted(program_versions(ops, state)))
             now = self.clock()
             decided = reconcile(
@@ -107,6 +113,7 @@ class Worker:
                 programs=programs,
             )
             await tx.save_rows(decided)
+            await tx.save_claims(head.brand_id, decided.claim_rows)
             # Last, and only if the batch changed someone: the brand's counter, locked to commit.
             base = await tx.take_versions(head.brand_id, decided.counter) if decided.counter else 0
             outcome = versioned(decided, base)

@@ -17,6 +17,7 @@ from protocol import (
     Adjust,
     Consent,
     Enroll,
+    LocalProtocolError,
     ProtocolError,
     UpdateProfile,
     uuid7,
@@ -26,9 +27,10 @@ from protocol.earning import Customer as RulesCustomer
 from protocol.earning import signup_bonus
 from protocol.ops import MAX_GROUPS
 from protocol.rules import earning_rules
+from protocol.sale import Tender, TenderKind
 from protocol.validate import MAX_POINTS
 
-from . import sale_api, writes
+from . import claim_api, claim_writes, sale_api, writes
 from .api_support import customer_id as _customer_id
 from .api_support import now_ms as _now_ms
 from .api_support import write
@@ -91,6 +93,8 @@ async def find_customers(request: web.Request) -> web.Response:
         if not raw.isdigit() or not 1 <= int(raw) <= 50:
             raise InvalidInput("limit must be 1 to 50", code="out_of_range", field="limit")
         limit = int(raw)
+    if "card_token" in query:
+        return await _find_by_card(request, query, limit)
     keys = set(query) & {"phone", "email", "code", "name"}
     unknown = set(query) - keys
     if unknown:
@@ -109,6 +113,21 @@ async def find_customers(request: web.Request) -> web.Response:
         raise InvalidInput(f"{by} must not be empty", code="missing", field=by)
     customers = request.app[STORE].find(by, normalised, limit, _now_ms(request))
     return web.json_response({"customers": customers})
+
+
+async def _find_by_card(request: web.Request, query: dict[str, str], limit: int) -> web.Response:
+    """The profile a processor's card token is linked to (none or one)."""
+    token = query.pop("card_token")
+    if query:
+        raise InvalidInput("search by card_token alone", code="unknown_field", field=sorted(query)[0])
+    try:
+        Tender(TenderKind.CARD, 1, token)  # the sale's own check: a card number is refused, never echoed
+    except LocalProtocolError as exc:
+        raise InvalidInput(exc.message, code=exc.code, field="card_token") from exc
+    store = request.app[STORE]
+    who = store.read(lambda c: claim_writes.linked_customer(c, token))
+    found = [] if who is None or limit < 1 else [store.customer(who, _now_ms(request))]
+    return web.json_response({"customers": found})
 
 
 async def get_customer(request: web.Request) -> web.Response:
@@ -266,4 +285,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/sales/{sale_id}/refunds", sale_api.refund_sale)
     app.router.add_post("/v1/adjustments", adjust)
     app.router.add_get("/v1/conflicts", list_conflicts)
+    app.router.add_post("/v1/claims", claim_api.claim)
 

@@ -142,6 +142,45 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        "0004_identity_claims",
+        """
+        -- A processor's card token linked to a profile (never a card number). op_id: the local
+        -- earn that linked it while the cloud has not confirmed it (NULL once from the cloud).
+        CREATE TABLE card_links (
+            token TEXT PRIMARY KEY,
+            customer_id TEXT NOT NULL UNIQUE,
+            op_id TEXT,
+            linked_at INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        -- The token of each profile's last card payment at this store (protocol.claims.card_step).
+        CREATE TABLE card_streaks (
+            customer_id TEXT PRIMARY KEY,
+            last_token TEXT
+        ) WITHOUT ROWID;
+        -- Sales recorded without a profile: only the SHA-256 of their claim code is kept.
+        CREATE TABLE claims (
+            code_hash TEXT PRIMARY KEY,
+            sale_id TEXT NOT NULL UNIQUE,
+            op_id TEXT NOT NULL,
+            amount INTEGER NOT NULL,
+            program_version INTEGER NOT NULL,
+            sale BLOB NOT NULL,
+            at INTEGER NOT NULL,
+            expires_at INTEGER NOT NULL,
+            claimed_by TEXT,
+            claimed_at INTEGER,
+            claim_op_id TEXT
+        ) WITHOUT ROWID;
+        -- Refused claim attempts per terminal and hour: stored, so a restart keeps the limit.
+        CREATE TABLE claim_attempts (
+            terminal_id TEXT NOT NULL,
+            window_start INTEGER NOT NULL,
+            failures INTEGER NOT NULL,
+            PRIMARY KEY (terminal_id, window_start)
+        ) WITHOUT ROWID;
+        """,
+    ),
 ]
 
 

@@ -114,12 +114,14 @@ SCHEMAS: dict[str, Any] = {
         },
     },
     "Earn": {
-        "description": "A whole sale (the program's rules decide), or a paid amount (the ratio only).",
+        "description": "A whole sale (the program's rules decide), or a paid amount (the ratio only). A whole"
+                       " sale without customer_id earns for the profile its card token is linked to, or is"
+                       " recorded unclaimed: the answer then has customer_id null and a claim code (UnclaimedSale).",
         "oneOf": [
             {
                 "type": "object",
                 "additionalProperties": False,
-                "required": ["customer_id", "sale"],
+                "required": ["sale"],
                 "properties": {"customer_id": {"type": "string", "format": "uuid"}, "sale": _ref("Sale")},
             },
             {
@@ -245,6 +247,28 @@ SCHEMAS: dict[str, Any] = {
             "balance": _ref("Balance"),
         },
     },
+    "UnclaimedSale": {
+        "type": "object",
+        "description": "A sale recorded with no profile: print claim.code and a QR code of claim.qr on the receipt",
+        "properties": {
+            "op_id": {"type": "string", "format": "uuid"},
+            "sale_id": {"type": "string"},
+            "customer_id": {"type": "null"},
+            "points": {"type": "integer", "description": "what a claim earns a customer in no group"},
+            "claim": {"type": "object", "properties": {
+                "code": {"type": "string", "description": "16 symbols of Crockford base32 (80 bits), grouped by 4"},
+                "qr": {"type": "string", "description": "the portal's claim page with the code"},
+                "expires_at": {"type": "integer", "description": "ms since the epoch"},
+            }},
+        },
+    },
+    "ClaimRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["code", "customer_id"],
+        "properties": {"code": {"type": "string", "maxLength": 64},
+                       "customer_id": {"type": "string", "format": "uuid"}},
+    },
     "Conflict": {
         "type": "object",
         "properties": {
@@ -269,6 +293,7 @@ def document() -> dict[str, Any]:
             ("email", "email address"),
             ("code", "loyalty card code"),
             ("name", "name prefix, case- and accent-insensitive"),
+            ("card_token", "a processor's card token: the profile it is linked to (a card number is refused)"),
         )
     ] + [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 50}}]
     return {
@@ -316,7 +341,13 @@ def document() -> dict[str, Any]:
             },
             "/v1/earns": {"post": {"summary": "Record the earn of a paid sale", "parameters": [IDEMPOTENCY],
                                    "requestBody": _body(_ref("Earn")),
-                                   "responses": _ok("201", _ref("OpAnswer"), "queued durably")}},
+                                   "responses": _ok("201", {"oneOf": [_ref("OpAnswer"), _ref("UnclaimedSale")]},
+                                                    "queued durably")}},
+            "/v1/claims": {"post": {
+                "summary": "Claim a receipt's points for a customer with its code (once, within the window);"
+                           " 404 unknown_code, 409 already_claimed, 410 claim_expired, 429 too_many_claims",
+                "parameters": [IDEMPOTENCY], "requestBody": _body(_ref("ClaimRequest")),
+                "responses": _ok("201", _ref("OpAnswer"), "queued durably")}},
             "/v1/quote": {"post": {"summary": "What a sale would earn and what may be spent on it; stores nothing",
                                    "requestBody": _body({"type": "object", "additionalProperties": False,
                                                          "required": ["sale"], "properties": {

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from protocol import GENESIS_HASH, Ack, Batch, Downlink, OpStatus, op_from_wire, seal_batch
 from protocol.normalize import name_key
 
+from .claim_writes import apply_cloud_link
 from .store import get_meta, load_program, save_program, set_meta
 
 log = logging.getLogger(__name__)
@@ -156,7 +157,7 @@ def apply_ack(ack: Ack, now: int) -> Job[dict[str, int]]:
                 conn.execute(
                     "UPDATE sales SET redeemed = MAX(0, redeemed + ?) WHERE sale_id = ?", (delta, sale_id)
                 )
-            elif kind == "earn" and sale_id is not None:
+            elif kind in ("earn", "claim") and sale_id is not None:
                 conn.execute(
                     "UPDATE sales SET earned = MAX(0, earned - ?) WHERE sale_id = ?", (delta, sale_id)
                 )
@@ -205,6 +206,7 @@ def apply_downlink(downlink: Downlink, now: int) -> Job[bool]:
                     (c.customer_id, c.name, name_key(c.name), c.phone, c.email, c.card_code, c.balance,
                      c.version, now, now, groups, c.opted_out, expiring),
                 )
+                apply_cloud_link(conn, c.customer_id, c.card_token, now)
                 continue
             # The same version again is taken too: an ack may have brought the
             # version with the balance alone, and this record has the rest.
@@ -229,6 +231,7 @@ def apply_downlink(downlink: Downlink, now: int) -> Job[bool]:
                     (c.name, name_key(c.name), c.phone, c.email, c.card_code, c.balance, c.version, now,
                      groups, c.opted_out, expiring, c.customer_id),
                 )
+            apply_cloud_link(conn, c.customer_id, c.card_token, now)
         program = downlink.program
         if program is not None:
             current = load_program(conn)

@@ -20,7 +20,7 @@ from protocol.rules import amount_earn, earning_rules
 from protocol.sale import MAX_LINES, MAX_QUANTITY
 from protocol.validate import MAX_AMOUNT, MAX_POINTS
 
-from . import sale_writes
+from . import claim_api, sale_writes
 from .api_support import customer_id, now_ms, write
 from .appkeys import STORE
 from .errors import InvalidInput, NotFound, StoreError, Unprocessable
@@ -57,18 +57,22 @@ def _objects(body: dict[str, Any], name: str, most: int) -> list[dict[str, Any]]
 
 async def earn(request: web.Request) -> web.Response:
     """Either a whole sale (lines, discounts, tenders: the rules decide), or a
-    paid amount (the program's ratio only, for terminals that send no lines)."""
+    paid amount (the program's ratio only, for terminals that send no lines).
+    A whole sale without customer_id earns for the profile its card is linked
+    to, or is recorded unclaimed with a claim code (``claim_api``)."""
     program = _program(request)
 
     def build(body: dict[str, Any], terminal_id: str, now: int) -> Action:
         sale = None
         if "sale" in body:
-            check_fields(body, {"customer_id", "sale"})
+            check_fields(body, {"sale"}, {"customer_id"})
             sale = parse_sale(get_object(body, "sale"))
             if not sale.fully_paid:
                 raise Unprocessable("only a fully paid sale earns", code="sale_not_paid", field="sale.state")
             if sale.total <= 0:
                 raise Unprocessable("a sale of nothing earns nothing", code="empty_sale", field="sale")
+            if "customer_id" not in body:
+                return claim_api.earn_without_profile(request, program, sale, terminal_id, now)
             sale_id, amount = sale.sale_id, sale.total
         else:
             check_fields(body, {"customer_id", "sale_id", "amount", "state"})

@@ -23,6 +23,7 @@ from protocol.refunds import EarnBasis, Reversal, Standing, refund_reversal, set
 from protocol.rules import earning_rules
 from protocol.sale import returned_after
 
+from . import claim_writes
 from .errors import Conflict, EdgeError, InvalidInput, NotFound, Unprocessable
 from .store import balance_of, program_at
 from .writes import Action, confirmed, queue, require_available
@@ -62,8 +63,10 @@ def _projected(conn: sqlite3.Connection, customer_id: str, now: int) -> int:
     return balance["confirmed"] + balance["pending"]
 
 
-def earn(op: Earn, rating: RulesCustomer) -> Action:
-    """Record a paid sale's earn; ``rating`` is the customer as the points were computed for."""
+def earn(op: Earn, rating: RulesCustomer, extra: dict[str, Any] | None = None) -> Action:
+    """Record a paid sale's earn; ``rating`` is the customer as the points were computed for;
+    ``extra`` goes into the answer as is."""
+    extra = extra or {}
     basis = EarnBasis.of(op, rating)
     basis_bytes = None if basis is None else basis.to_bytes()
 
@@ -71,6 +74,7 @@ def earn(op: Earn, rating: RulesCustomer) -> Action:
         confirmed(conn, op.customer_id)
         if _open_sale(conn, op.sale_id, op.customer_id):
             raise Conflict("this sale has already earned", code="already_earned", field="sale_id")
+        claim_writes.refuse_if_unclaimed(conn, op.sale_id)
         conn.execute(
             "INSERT INTO sales (sale_id, customer_id, amount, earned, earn_op_id, basis) VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT(sale_id) DO UPDATE SET amount = excluded.amount, earned = excluded.earned, "
@@ -78,6 +82,8 @@ def earn(op: Earn, rating: RulesCustomer) -> Action:
             (op.sale_id, op.customer_id, op.amount, op.points, op.op_id, basis_bytes),
         )
         queue(conn, op, op.points, op.sale_id)
+        linked = op.sale is not None and claim_writes.note_card_payment(conn, op.customer_id, op.sale, op.op_id,
+                                                                        op.at)
         return 201, {
             "op_id": op.op_id,
             "sale_id": op.sale_id,
@@ -86,6 +92,8 @@ def earn(op: Earn, rating: RulesCustomer) -> Action:
             "points": op.points,
             "program_version": op.program_version,
             "balance": balance_of(conn, op.customer_id, op.at),
+            "card_linked": linked,
+            **extra,
         }
 
     return action

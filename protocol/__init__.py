@@ -4,6 +4,7 @@ Pure code: it takes bytes and values and returns frozen, validated
 dataclasses. It never touches a socket, a file or the clock.
 """
 
+from .claim_ops import NO_CUSTOMER, Claim, UnclaimedSale
 from .envelope import (
     DOMAIN,
     Envelope,
@@ -60,6 +61,7 @@ from .rules import Program, available_points, earn_points
 
 __all__ = [
     "DOMAIN", "GENESIS_HASH", "MAX_BATCH_OPS", "OP_TYPES", "Ack", "Adjust", "Balance", "Batch",
+    "Claim", "NO_CUSTOMER", "UnclaimedSale",
     "Consent", "CustomerRecord", "Downlink", "Earn", "Enroll", "Envelope", "LocalProtocolError",
     "MessageType", "Op", "OpKind", "OpResult", "OpStatus", "Program", "ProtocolError", "Pull",
     "Redeem", "Refund", "RemoteProtocolError", "UpdateProfile", "Void", "available_points", "body_hash",

@@ -29,7 +29,8 @@ from .expiry import MAX_EXPIRING
 from .ids import is_uuid
 from .ops import MAX_TIME_MS, MIN_TIME_MS, Op, check_groups, op_from_wire
 from .rules import Program
-from .validate import MAX_POINTS, check_range, check_text, check_types, fields_of, to_wire
+from .sale import looks_like_card_number
+from .validate import MAX_POINTS, check_range, check_text, check_types, field_names, fields_of, to_wire
 
 BODY_VERSION = 1
 MAX_BATCH_OPS = 5000
@@ -203,10 +204,17 @@ class CustomerRecord:
     groups: tuple[str, ...] = ()
     opted_out: bool = False
     expiring: tuple[tuple[int, int], ...] = ()
+    #: The processor's card token linked to the profile (``protocol.claims``), if any. On the
+    #: wire only when set, so a record without a card encodes as it did before cards.
+    card_token: str | None = None
 
     def __post_init__(self) -> None:
         check_types(self)
         _check_uuid("customer_id", self.customer_id)
+        check_text("card_token", self.card_token, 128)
+        if self.card_token is not None and looks_like_card_number(self.card_token):
+            raise LocalProtocolError("a card number is never sent, only the processor's token",
+                                     code="card_number_refused", field="card_token")
         check_text("name", self.name, 200)
         check_text("phone", self.phone, 32)
         check_text("email", self.email, 254)
@@ -219,6 +227,12 @@ class CustomerRecord:
         for at, points in self.expiring:
             _check_time("expiring", at)
             check_range("expiring", points, 1, MAX_POINTS)
+
+    def to_wire(self) -> dict[str, Any]:
+        out = {name: to_wire(getattr(self, name)) for name in field_names(CustomerRecord)}
+        if self.card_token is None:
+            del out["card_token"]
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,6 +330,13 @@ def decode_pull(body: bytes) -> Pull:
     return _build(Pull, _body_fields(Pull, body, MessageType.PULL))
 
 
+def _with_card(record: object) -> object:
+    """A customer record's map with ``card_token`` present (it travels only when set)."""
+    if isinstance(record, dict) and "card_token" not in record:
+        return {**record, "card_token": None}
+    return record
+
+
 def encode_downlink(downlink: Downlink) -> bytes:
     return _pack(downlink)
 
@@ -323,7 +344,7 @@ def encode_downlink(downlink: Downlink) -> bytes:
 def decode_downlink(body: bytes) -> Downlink:
     kw = _body_fields(Downlink, body, MessageType.DOWNLINK)
     kw["customers"] = tuple(
-        _nested(CustomerRecord, c, "customers") for c in _items(kw["customers"], "customers")
+        _nested(CustomerRecord, _with_card(c), "customers") for c in _items(kw["customers"], "customers")
     )
     if kw["program"] is not None:
         kw["program"] = _nested(Program, kw["program"], "program")

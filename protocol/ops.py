@@ -43,6 +43,9 @@ class OpKind(StrEnum):
     VOID = "void"
     ADJUST = "adjust"
     REFUND = "refund"
+    #: A paid sale recorded with no profile, and its claim later (``protocol.claim_ops``).
+    UNCLAIMED_SALE = "unclaimed_sale"
+    CLAIM = "claim"
 
 
 def _check_id(name: str, value: str, *, v7: bool = False) -> None:

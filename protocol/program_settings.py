@@ -13,12 +13,14 @@ negative amount is an error that names the field, and nothing changes.
      "rewards": [{"reward_id": "coffee", "name": "Free coffee", "points": 50,
                   "kind": "free_item", "sku": "coffee"}],
      "refund_policy": "clamp", "expiry": {"mode": "after_earned", "months": 12},
-     "point_value": {"amount": 5, "points": 1}}
+     "point_value": {"amount": 5, "points": 1}, "claim_window_days": 30}
 
 ``point_value`` is what points are worth to the merchant's accountant:
 ``amount`` minor units per ``points`` points (5 cents a point above). A
 currency program's points are its minor units, so it needs none; a points
 program without it has its liability reported in points only.
+``claim_window_days`` (1 to 365, default 30) is how long a receipt's claim
+code of a sale recorded without a profile stays valid (``protocol.claims``).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ MAX_SETTINGS_BYTES = 64 * 1024
 _KEYS = {
     "kind", "include_tax", "visit", "excluded_skus", "item_points", "category_points", "custom_amounts",
     "zero_groups", "signup_bonus", "promotions", "rewards", "refund_policy", "expiry", "point_value",
+    "claim_window_days",
 }
 
 
@@ -78,6 +81,7 @@ class ProgramSettings:
     refund_policy: RefundPolicy = RefundPolicy.CLAMP
     expiry: ExpiryPolicy = field(default_factory=ExpiryPolicy)
     point_value: PointValue | None = None
+    claim_window_days: int = 30
 
     @property
     def value_of_a_point(self) -> PointValue | None:
@@ -190,6 +194,11 @@ def parse_settings(text: str) -> ProgramSettings:
     if "point_value" in doc:
         kw["point_value"] = _build(PointValue, dict(_object(doc["point_value"], "point_value", {"amount", "points"})),
                                    "point_value")
+    if "claim_window_days" in doc:
+        days = doc["claim_window_days"]
+        if type(days) is not int or not 1 <= days <= 365:
+            raise _fail("claim_window_days", "claim_window_days must be a whole number of days, 1 to 365")
+        kw["claim_window_days"] = days
     if "expiry" in doc:
         kw["expiry"] = _build(ExpiryPolicy, dict(_object(doc["expiry"], "expiry", {"mode", "months"})), "expiry")
     try:

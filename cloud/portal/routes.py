@@ -6,6 +6,7 @@
     GET  /portal/{brand}/account    balance, expiring points, ways to earn and redeem, consents
     POST /portal/{brand}/consent    give or withdraw consent to messages on a channel
     POST /portal/{brand}/signout
+    GET  /portal/{brand}/claim, POST   claim a receipt's points (``claim``)
 
 No GET changes anything. Every POST carries a CSRF token (a keyed hash of a
 random HttpOnly, SameSite=Strict cookie) and a body of at most
@@ -31,6 +32,7 @@ from ..messages import idempotency_key, render
 from ..otp import OtpRefused, issue_code, verify_code
 from ..senders import Outgoing, SendError
 from . import pages
+from .claim import add_claim_routes
 from .config import SENDERS
 from .inputs import link_problem, parse_contact, parse_name
 from .view import account_view
@@ -231,3 +233,4 @@ def add_portal_routes(app: web.Application) -> None:
     app.router.add_get("/portal/{brand}/account", account)
     app.router.add_post("/portal/{brand}/consent", change_consent)
     app.router.add_post("/portal/{brand}/signout", sign_out)
+    add_claim_routes(app)
