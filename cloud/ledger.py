@@ -16,6 +16,7 @@ from protocol.expiry import ExpiryMode
 from protocol.validate import MAX_POINTS, check_range, check_text
 
 from . import balances, checks
+from .erasure import ErasureLedger
 from .errors import AlreadyExists, ConfigError, NotFound, StoreError
 from .ledger_periodic import PeriodicLedger
 from .ledger_reports import ReportLedger
@@ -112,7 +113,7 @@ def _check_adjustment(points: int, reason: str, actor: str) -> None:
         raise ConfigError(exc.message, field=exc.field, code=exc.code) from exc
 
 
-class SqlLedger(PeriodicLedger, ReportLedger):
+class SqlLedger(PeriodicLedger, ReportLedger, ErasureLedger):
     """Shared half of ``SQLiteStorage`` and ``PgStorage`` (with the periodic job's and the reports' methods)."""
 
     def _read(self) -> AbstractAsyncContextManager[Session]:

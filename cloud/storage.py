@@ -29,6 +29,7 @@ from .engagement_model import (
     PortalEnrollment,
     PortalSession,
 )
+from .erasure import ErasureRecord
 from .model import (
     AdjustmentRecord,
     BalanceMismatch,
@@ -292,6 +293,13 @@ class Storage(Protocol):
         self, brand_id: str, customer_id: str, points: int, reason: str, actor: str, now: int,
         operator_id: str | None = None,
     ) -> AdjustmentRecord: ...
+
+    async def erase_customer(
+        self, brand_id: str, customer_id: str, actor: str, reason: str, now: int,
+        operator_id: str | None = None, contact_hashes: Sequence[str] = (),
+    ) -> ErasureRecord:
+        """Erase the customer's personal data (``cloud.erasure``): one transaction, then the
+        backend reclaims the old bytes it can; NotFound, or AlreadyExists (``already_erased``)."""
 
     async def run_expiry(self, now: int) -> ExpirySummary:
         """Expire every point due at ``now``; idempotent, safe to run twice or to interrupt."""

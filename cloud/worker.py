@@ -23,12 +23,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from protocol import Ack, Batch, MessageType, Op, OpStatus, ProtocolError, decode_batch, encode_ack, seal
+from protocol.privacy import redact_batch_body
 from protocol.refunds import basis_version
 
+from .erasure import is_erased
 from .errors import StoreError
 from .keys import CloudKey
 from .messages import batch_effects, needs_program
@@ -122,7 +124,7 @@ class Worker:
                     seq=claim.seq,
                     prev_seq=head.last_seq,
                     hash=claim.hash,
-                    body=claim.body,
+                    body=_stored_body(claim.body, ops, state),
                     ack=sealed,
                     at=claim.at,
                     received_at=claim.received_at,
@@ -198,3 +200,12 @@ def program_versions(ops: tuple[Op, ...], state: LedgerState) -> set[int]:
     if state.program_version is not None:
         versions.add(state.program_version)
     return versions
+
+
+def _stored_body(body: bytes, ops: Sequence[Op], state: LedgerState) -> bytes:
+    """The batch as kept: scrubbed of the personal data of customers erased before it was
+    applied (a late op from an offline edge), so an erasure is never undone by a resend."""
+    erased = {cid for cid, c in state.customers.items() if is_erased(c.consent)}
+    if not erased or not any(op.customer_id in erased for op in ops):
+        return body
+    return redact_batch_body(body, erased) or body

@@ -203,10 +203,16 @@ class CustomerRecord:
     groups: tuple[str, ...] = ()
     opted_out: bool = False
     expiring: tuple[tuple[int, int], ...] = ()
+    #: The cloud erased this customer's personal data: the edge scrubs its copies (see
+    #: ``protocol.privacy``). Sent only when true, so records stay readable by older edges.
+    erased: bool = False
 
     def __post_init__(self) -> None:
         check_types(self)
         _check_uuid("customer_id", self.customer_id)
+        if self.erased and (self.name or self.phone or self.email or self.card_code):
+            raise LocalProtocolError("an erased customer carries no personal data", code="invalid_value",
+                                     field="erased")
         check_text("name", self.name, 200)
         check_text("phone", self.phone, 32)
         check_text("email", self.email, 254)
@@ -219,6 +225,23 @@ class CustomerRecord:
         for at, points in self.expiring:
             _check_time("expiring", at)
             check_range("expiring", points, 1, MAX_POINTS)
+
+    def to_wire(self) -> dict[str, Any]:
+        out = {name: to_wire(getattr(self, name)) for name in _RECORD_FIELDS}
+        if self.erased:
+            out["erased"] = True
+        return out
+
+
+_RECORD_FIELDS = ("customer_id", "name", "phone", "email", "card_code", "balance", "version", "groups",
+                  "opted_out", "expiring")
+
+
+def _customer_record(obj: object) -> CustomerRecord:
+    """A downlink record; ``erased`` may be absent (false)."""
+    if isinstance(obj, dict) and "erased" not in obj:
+        obj = {**obj, "erased": False}
+    return _nested(CustomerRecord, obj, "customers")
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,9 +345,7 @@ def encode_downlink(downlink: Downlink) -> bytes:
 
 def decode_downlink(body: bytes) -> Downlink:
     kw = _body_fields(Downlink, body, MessageType.DOWNLINK)
-    kw["customers"] = tuple(
-        _nested(CustomerRecord, c, "customers") for c in _items(kw["customers"], "customers")
-    )
+    kw["customers"] = tuple(_customer_record(c) for c in _items(kw["customers"], "customers"))
     if kw["program"] is not None:
         kw["program"] = _nested(Program, kw["program"], "program")
     return _build(Downlink, kw)
