@@ -13,7 +13,7 @@ downlink read that column already, so a late op from an offline edge is
 scrubbed without a new column in the batch path (``is_erased``).
 
 After the commit the backend reclaims the old bytes it can
-(``_reclaim``): SQLite checkpoints its WAL (TRUNCATE) and overwrote deleted
+(``reclaim``): SQLite checkpoints its WAL (TRUNCATE) and overwrote deleted
 content on the spot (``secure_delete``); PostgreSQL VACUUMs the tables.
 """
 
@@ -35,9 +35,11 @@ from .sql import Session
 
 log = logging.getLogger(__name__)
 
-#: The tables an erasure rewrites or deletes from (what ``_reclaim`` vacuums on PostgreSQL).
+#: The tables an erasure rewrites or deletes from (what ``reclaim`` vacuums on PostgreSQL).
 TOUCHED_TABLES = ("customers", "consents", "sales", "batches", "inbox", "messages", "adjustments",
                   "portal_sessions", "otp_challenges", "portal_limits")
+#: What applying a late batch for an erased customer wrote its received bytes to.
+LATE_OP_TABLES = ("inbox", "batches", "sales")
 #: Ops whose wire form can carry personal data (profile fields, card tokens, a free-text reason).
 _PERSONAL_KINDS = ("enroll", "update_profile", "earn", "adjust")
 
@@ -171,7 +173,7 @@ class ErasureLedger:
     def _write(self) -> AbstractAsyncContextManager[Session]:
         raise NotImplementedError
 
-    async def _reclaim(self, tables: Sequence[str]) -> None:
+    async def reclaim(self, tables: Sequence[str]) -> None:
         """Make the old bytes of ``tables`` go where the backend can; outside any transaction."""
         raise NotImplementedError
 
@@ -182,7 +184,7 @@ class ErasureLedger:
         check_erasure(actor, reason)
         async with self._write() as q:
             record = await erase(q, brand_id, customer_id, actor, reason, operator_id, now, contact_hashes)
-        await self._reclaim(TOUCHED_TABLES)
+        await self.reclaim(TOUCHED_TABLES)
         log.info("customer %s of brand %s erased (version %d): %s", customer_id, brand_id, record.version,
                  record.scrubbed)
         return record

@@ -340,7 +340,7 @@ class PgStorage(SqlStoreKeys, SqlEngagement, SqlLedger):
 
     # ---- transactions
 
-    async def _reclaim(self, tables: Sequence[str]) -> None:
+    async def reclaim(self, tables: Sequence[str]) -> None:
         """VACUUM the tables an erasure touched (never inside a transaction): their dead tuples,
         erased values among them, become free space that new rows overwrite. It reads only the
         pages changed since the last vacuum (the visibility map), so it is cheap; a failure is

@@ -314,7 +314,7 @@ class SQLiteStorage(SqlStoreKeys, SqlEngagement, SqlLedger):
 
     # ---- transactions
 
-    async def _reclaim(self, tables: Sequence[str]) -> None:
+    async def reclaim(self, tables: Sequence[str]) -> None:
         """Copy the WAL into the file and truncate it, so its frames (old page images, erased
         values among them) leave the disk's live files; waits for readers like a writer does."""
         conn = self._writer

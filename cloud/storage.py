@@ -301,6 +301,10 @@ class Storage(Protocol):
         """Erase the customer's personal data (``cloud.erasure``): one transaction, then the
         backend reclaims the old bytes it can; NotFound, or AlreadyExists (``already_erased``)."""
 
+    async def reclaim(self, tables: Sequence[str]) -> None:
+        """After an erasure, make the old bytes of ``tables`` go where the backend can (SQLite:
+        truncate the WAL; PostgreSQL: VACUUM); outside any transaction."""
+
     async def run_expiry(self, now: int) -> ExpirySummary:
         """Expire every point due at ``now``; idempotent, safe to run twice or to interrupt."""
         ...

@@ -30,7 +30,7 @@ from protocol import Ack, Batch, MessageType, Op, OpStatus, ProtocolError, decod
 from protocol.privacy import redact_batch_body
 from protocol.refunds import basis_version
 
-from .erasure import is_erased
+from .erasure import LATE_OP_TABLES, is_erased
 from .errors import StoreError
 from .keys import CloudKey
 from .messages import batch_effects, needs_program
@@ -117,6 +117,7 @@ class Worker:
             current = state.program_version
             program = programs.get(current) if current is not None and needs_program(outcome) else None
             effects = batch_effects(outcome, program)
+            stored = _stored_body(claim.body, ops, state)
             await tx.save_batch(
                 BatchCommit(
                     store_id=head.store_id,
@@ -124,7 +125,7 @@ class Worker:
                     seq=claim.seq,
                     prev_seq=head.last_seq,
                     hash=claim.hash,
-                    body=_stored_body(claim.body, ops, state),
+                    body=stored,
                     ack=sealed,
                     at=claim.at,
                     received_at=claim.received_at,
@@ -145,6 +146,10 @@ class Worker:
             len(outcome.mismatches),
             len(outcome.shortfalls),
         )
+        if stored is not claim.body:
+            # The received bytes held an erased customer's data: their old pages go too, before
+            # the ack is out (rare: a late op from an edge offline since the erasure).
+            await self.storage.reclaim(LATE_OP_TABLES)
         if self.on_applied is not None:
             self.on_applied(applied)
         return applied
