@@ -35,7 +35,7 @@ from typing import Any
 
 import msgpack
 
-from protocol import CustomerRecord, LocalProtocolError, op_from_wire
+from protocol import CustomerRecord, ProtocolError, op_from_wire
 from protocol.privacy import redact_envelope, scrub_basis, scrub_op
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ def _scrub_outbox(conn: sqlite3.Connection, cid: str) -> int:
             # Still to be sent: what is left must be a valid op, or nothing.
             try:
                 op_from_wire(clean)
-            except LocalProtocolError:
+            except ProtocolError:
                 if kind == "enroll":  # cannot happen (see the module doc); never drop one silently
                     log.error("an unsent enrollment of erased customer %s kept as it is", cid)
                     continue

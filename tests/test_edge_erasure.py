@@ -97,7 +97,15 @@ async def test_every_edge_scrubs_and_an_offline_edge_resends_nothing(tmp_path: P
         balance = (await cloud.storage.get_customer(zelda)).balance  # type: ignore[union-attr]
         await pull(e1)
 
+        # Back online, e2 hears of the erasure before it sends: the unbatched change goes, the
+        # cut batch keeps its signed bytes (the cloud may hold them) until its ack.
         e2.link.heal()
+        await pull(e2)
+        assert e2.store.read(lambda c: c.execute(
+            "SELECT COUNT(*) FROM outbox WHERE customer_id = ? AND batch_seq IS NULL", (zelda,)).fetchone()) == (0,)
+        envelope = e2.store.read(lambda c: c.execute(
+            "SELECT envelope FROM batches WHERE acked_at IS NULL").fetchone()[0])
+        assert LATE_PHONE.encode() in envelope
         await e2.sync_until_drained()
         await pull(e2)
 
