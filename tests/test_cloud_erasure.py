@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from cloud.engagement_model import PortalSession
+from cloud.engagement_model import OtpChallenge, PortalSession
+from cloud.otp import PortalKeys, contact_hashes
 from cloud.periodic import Context, audit_chains
 from protocol import Earn, OpStatus
 from protocol.sale import Sale, sale_from_wire
@@ -218,3 +219,22 @@ def test_the_cli_erases_and_prints_no_personal_data(tmp_path: Path, capsys: pyte
         assert secret.encode() not in raw
     assert main(["customer", "erase", "acme", cid, "--actor", "Desk", "--reason", "again",
                  "--data", str(data)]) == 2
+
+
+async def test_portal_codes_and_counters_filed_under_the_contacts_go(cloud: k.Cloud) -> None:
+    zelda, _ = await enrolled(cloud)
+    keys = PortalKeys(b"s" * 32)
+    mine = contact_hashes(keys, k.BRAND, PHONE, EMAIL)
+    theirs = contact_hashes(keys, k.BRAND, "+33699990000", None)
+    now = k.now_ms()
+    async with cloud.storage.portal_tx() as tx:
+        for n, contact in enumerate([*mine, *theirs]):
+            await tx.save_challenge(OtpChallenge(f"c{n}", k.BRAND, contact, "x" * 64, now, now + 600_000, 0, None))
+            await tx.count(f"sent:contact:{contact}", now, 1)
+        await tx.count("sent:address:" + keys.address_hash("127.0.0.1"), now, 1)
+    record = await cloud.storage.erase_customer(k.BRAND, zelda, "Desk", "request 5", now, contact_hashes=mine)
+    assert record.scrubbed["otp_challenges"] == 2 and record.scrubbed["portal_limits"] == 2
+    left = await cloud.backend.rows(cloud.db_path, "SELECT contact_hash FROM otp_challenges")
+    assert left == [(theirs[0],)]
+    counters = {r[0] for r in await cloud.backend.rows(cloud.db_path, "SELECT key FROM portal_limits")}
+    assert counters == {f"sent:contact:{theirs[0]}", "sent:address:" + keys.address_hash("127.0.0.1")}
