@@ -23,6 +23,7 @@ from protocol import (
     op_from_wire,
     seal_batch,
 )
+from protocol.earning import Customer as RulesCustomer
 from protocol.privacy import (
     ERASED_REASON,
     redact_batch_body,
@@ -41,7 +42,7 @@ CID = k.any_uuid()
 
 def test_scrubbed_ops_keep_amounts_and_lose_the_person() -> None:
     enroll = k.enroll(CID, name="Nadia Vex", phone="+33600000001").to_wire()
-    assert scrub_op(enroll) | {} == {**enroll, "name": "", "phone": None, "email": None, "card_code": None}
+    assert scrub_op(enroll) == {**enroll, "name": "", "phone": None, "email": None, "card_code": None}
     update = k.update(CID, name="N. Vex", email="n@vex.example", groups=("staff",)).to_wire()
     clean = scrub_op(update)
     assert (clean["name"], clean["email"], clean["groups"]) == (None, None, ["staff"])
@@ -59,7 +60,7 @@ def test_scrubbed_ops_keep_amounts_and_lose_the_person() -> None:
 
 def test_a_scrubbed_basis_still_rates_the_sale() -> None:
     op = card_earn(CID, "s-2", "tok_secret")
-    basis = EarnBasis.of(op, __import__("protocol.earning", fromlist=["Customer"]).Customer())
+    basis = EarnBasis.of(op, RulesCustomer())
     assert basis is not None
     clean = EarnBasis.from_bytes(scrub_basis(basis.to_bytes()))
     assert clean.sale.tenders[0].card_token is None and clean.sale.lines == basis.sale.lines
