@@ -22,8 +22,11 @@ from protocol.rules import Program
 
 from .api import CLOCK, STORAGE, read_bounded
 from .checks import check_id
-from .errors import ConfigError, HttpError, NotFound, Refused
+from .erasure import ErasureRecord
+from .errors import AlreadyExists, ConfigError, HttpError, NotFound, Refused
 from .model import AdjustmentRecord, OperatorRecord
+from .otp import contact_hashes
+from .portal.config import PORTAL
 
 PREFIX = "/v1/admin/"
 MAX_JSON_BYTES = 64 * 1024
@@ -205,9 +208,48 @@ async def list_stores(request: web.Request) -> web.Response:
         for s in stores]})
 
 
+def erasure_json(record: ErasureRecord) -> dict[str, Any]:
+    return {"customer_id": record.customer_id, "brand_id": record.brand_id, "version": record.version,
+            "actor": record.actor, "reason": record.reason, "operator_id": record.operator_id,
+            "erased_at": record.at, "scrubbed": record.scrubbed}
+
+
+async def post_erasure(request: web.Request) -> web.Response:
+    """Erase the customer's personal data (``cloud.erasure``); the ledger keeps the amounts on the
+    anonymous id and every edge of the brand scrubs its copy with its next pull."""
+    brand_id = brand_of(request)
+    body = await read_json(request)
+    check_fields(body, {"reason"}, frozenset({"actor"}))
+    for name in ("reason", "actor"):
+        if name in body and not isinstance(body[name], str):
+            raise HttpError(400, "invalid_type", f"{name} must be a string", field=name)
+    operator = request[OPERATOR]
+    storage = request.app[STORAGE]
+    customer_id = request.match_info["customer_id"]
+    hashes: list[str] = []
+    portal = request.app.get(PORTAL)
+    if portal is not None:  # the portal's sign-in codes and counters are filed under keyed hashes
+        customer = await storage.get_customer(customer_id)
+        if customer is not None and customer.brand_id == brand_id:
+            hashes = contact_hashes(portal.keys, brand_id, customer.phone, customer.email)
+    try:
+        record = await storage.erase_customer(
+            brand_id, customer_id, body.get("actor", operator.name), body["reason"], request.app[CLOCK](),
+            operator_id=operator.operator_id, contact_hashes=hashes,
+        )
+    except NotFound as exc:
+        raise HttpError(404, "unknown_customer", exc.message, field=exc.field) from exc
+    except AlreadyExists as exc:
+        raise HttpError(409, exc.code or "already_exists", exc.message, field=exc.field) from exc
+    except ConfigError as exc:
+        raise config_error(exc) from exc
+    return web.json_response(erasure_json(record))
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get(PREFIX + "brands", list_brands)
     app.router.add_get(PREFIX + "brands/{brand_id}/program", get_program)
     app.router.add_put(PREFIX + "brands/{brand_id}/program", put_program)
     app.router.add_get(PREFIX + "stores", list_stores)
     app.router.add_post(PREFIX + "brands/{brand_id}/customers/{customer_id}/adjustments", post_adjustment)
+    app.router.add_post(PREFIX + "brands/{brand_id}/customers/{customer_id}/erasure", post_erasure)

@@ -17,6 +17,7 @@ from protocol.validate import MAX_POINTS, check_range, check_text
 
 from . import balances, checks, claims_store
 from .claims_model import PortalClaim
+from .erasure import ErasureLedger
 from .errors import AlreadyExists, ConfigError, NotFound, StoreError
 from .ledger_periodic import PeriodicLedger
 from .ledger_reports import ReportLedger
@@ -113,7 +114,7 @@ def _check_adjustment(points: int, reason: str, actor: str) -> None:
         raise ConfigError(exc.message, field=exc.field, code=exc.code) from exc
 
 
-class SqlLedger(PeriodicLedger, ReportLedger):
+class SqlLedger(PeriodicLedger, ReportLedger, ErasureLedger):
     """Shared half of ``SQLiteStorage`` and ``PgStorage`` (with the periodic job's and the reports' methods)."""
 
     def _read(self) -> AbstractAsyncContextManager[Session]:

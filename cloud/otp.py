@@ -155,3 +155,11 @@ async def verify_code(storage: Storage, keys: PortalKeys, *, brand_id: str, chal
         await tx.count(address_key, window, 1)
         await tx.count(contact_key, window, 1)
     raise refusal
+
+
+def contact_hashes(keys: PortalKeys, brand_id: str, phone: str | None, email: str | None) -> list[str]:
+    """The keyed hashes the portal filed a customer's sign-in codes and counters under, so an
+    erasure can delete them (``cloud.erasure``)."""
+    contacts = [Contact(Channel.PHONE, phone)] if phone else []
+    contacts += [Contact(Channel.EMAIL, email)] if email else []
+    return [keys.contact_hash(brand_id, c) for c in contacts]

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protocol import GENESIS_HASH, ProtocolError, body_hash, decode_batch
+from protocol.privacy import redacted_prev_hash
 
 from .errors import StoreError
 from .model import ChainCheckpoint
@@ -145,6 +146,11 @@ def _check(
     """The problem with batch ``batch_seq`` coming after batch ``seq`` of hash ``prev``, if any."""
     if batch_seq != seq + 1:
         return ChainProblem(store_id, seq + 1, "gap")
+    redacted = redacted_prev_hash(body)
+    if redacted is not None:
+        # An erasure scrubbed this body (protocol.privacy): its bytes no longer hash to the
+        # stored hash, which the next batch's link still checks; its own link is checked here.
+        return None if redacted == prev else ChainProblem(store_id, batch_seq, "chain_broken")
     if body_hash(body) != stored_hash:
         return ChainProblem(store_id, batch_seq, "hash_mismatch")
     try:

@@ -348,6 +348,20 @@ class PgStorage(SqlStoreKeys, SqlEngagement, SqlLedger):
 
     # ---- transactions
 
+    async def reclaim(self, tables: Sequence[str]) -> None:
+        """VACUUM the tables an erasure touched (never inside a transaction): their dead tuples,
+        erased values among them, become free space that new rows overwrite. It reads only the
+        pages changed since the last vacuum (the visibility map), so it is cheap; a failure is
+        logged, not raised: autovacuum does the same later."""
+        pool = self._pool
+        if pool is None:
+            raise StoreError("storage is not open")
+        try:
+            async with pool.acquire() as conn:
+                await conn.execute("VACUUM " + ", ".join(tables))
+        except _DB_ERRORS:
+            log.exception("VACUUM after an erasure failed; autovacuum will reclaim the space")
+
     @asynccontextmanager
     async def _conn(self, *, readonly: bool) -> AsyncIterator[asyncpg.Connection]:
         pool = self._pool

@@ -47,6 +47,7 @@ from protocol import (
     Void,
 )
 from protocol.earning import RefundPolicy
+from protocol.privacy import scrub_basis
 from protocol.refunds import EarnBasis, Reversal, refund_reversal, settle
 from protocol.rules import earning_rules
 from protocol.sale import returned_after
@@ -54,6 +55,7 @@ from protocol.validate import MAX_POINTS
 
 from . import verification
 from .claims_apply import ClaimWork
+from .erasure import is_erased
 from .model import (
     BatchOutcome,
     ConflictRecord,
@@ -251,10 +253,15 @@ class _Batch:
         cust = self.customer(op.customer_id)
         if cust is None:
             return _refuse(UNKNOWN_CUSTOMER)
-        if op.name is not None:
+        # An erased profile takes no personal data again (a late op from an offline edge):
+        # its groups and opt-out still apply, they decide what it earns.
+        erased = is_erased(cust.row.consent)
+        if op.name is not None and not erased:
             cust.name = op.name
         for field in ("phone", "email", "card_code"):
             value = getattr(op, field)
+            if erased:
+                continue
             if value is not None:
                 setattr(cust, field, value)
             elif field in op.clear:
@@ -264,7 +271,7 @@ class _Batch:
         if op.opted_out is not None:
             cust.opted_out = op.opted_out
         self.touch(cust, op.at)
-        return _Decision(_APPLIED)
+        return _Decision(_APPLIED, note="customer erased: profile fields dropped" if erased else None)
 
     def _sale_for(self, op: Earn | Redeem) -> tuple[WorkingCustomer, WorkingSale] | _Decision:
         """The customer and the (possibly new) sale an earn or redeem moves points on, or a refusal."""
@@ -300,7 +307,8 @@ class _Batch:
         sale.earned += op.points
         basis = EarnBasis.of(op, cust.rated_as)
         if basis is not None and sale.basis is None:
-            sale.basis = basis.to_bytes()
+            # An erased customer's sale keeps its lines and amounts, not its card tokens.
+            sale.basis = scrub_basis(basis.to_bytes()) if is_erased(cust.row.consent) else basis.to_bytes()
         self.changed_sales.add(op.sale_id)
         self.move(cust, op, "earn", op.points, op.sale_id)
         self.claim_work.card_payment(self, cust, op)

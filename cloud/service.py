@@ -43,6 +43,7 @@ from protocol import (
 )
 
 from .cloud_keyring import KeyChain, reseal
+from .erasure import is_erased
 from .errors import HttpError, NotYetApplied
 from .handoff import Handoff
 from .keys import CloudKey
@@ -227,4 +228,4 @@ class SyncService:
 def _record(c: CustomerState, expiring: tuple[tuple[int, int], ...], card_token: str | None) -> CustomerRecord:
     groups = tuple(json.loads(c.groups))
     return CustomerRecord(c.customer_id, c.name, c.phone, c.email, c.card_code, c.balance, c.version, groups,
-                          c.opted_out, expiring, card_token)
+                          c.opted_out, expiring, card_token, erased=is_erased(c.consent))

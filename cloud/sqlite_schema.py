@@ -424,4 +424,24 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        "0013_erasure",
+        (
+            # When the customer's personal data was erased (NULL: never). The row stays, anonymous:
+            # its ledger entries, sales and balance keep pointing at it.
+            "ALTER TABLE customers ADD COLUMN erased_at INTEGER",
+            # Who erased whom, when and why: ids and the operator's words only, never the erased data.
+            """CREATE TABLE erasures (
+                id INTEGER PRIMARY KEY,
+                brand_id TEXT NOT NULL,
+                customer_id TEXT NOT NULL,
+                version INTEGER NOT NULL,
+                actor TEXT NOT NULL,
+                reason TEXT NOT NULL,
+                operator_id TEXT,
+                at INTEGER NOT NULL
+            )""",
+            "CREATE UNIQUE INDEX erasures_customer ON erasures (customer_id)",
+        ),
+    ),
 )

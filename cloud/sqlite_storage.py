@@ -277,6 +277,9 @@ class SQLiteStorage(SqlStoreKeys, SqlEngagement, SqlLedger):
                 await _q(conn, "PRAGMA journal_mode = WAL")
                 await _q(conn, "PRAGMA synchronous = FULL")
                 await _q(conn, "PRAGMA foreign_keys = ON")
+                # Deleted and rewritten content is overwritten with zeros, not left in free space:
+                # an erasure must not linger in the file (cloud.erasure).
+                await _q(conn, "PRAGMA secure_delete = ON")
             else:
                 await _q(conn, "PRAGMA query_only = ON")
         except BaseException:
@@ -318,6 +321,17 @@ class SQLiteStorage(SqlStoreKeys, SqlEngagement, SqlLedger):
                 log.info("applied migration %s to %s", migration.name, self.path)
 
     # ---- transactions
+
+    async def reclaim(self, tables: Sequence[str]) -> None:
+        """Copy the WAL into the file and truncate it, so its frames (old page images, erased
+        values among them) leave the disk's live files; waits for readers like a writer does."""
+        conn = self._writer
+        if conn is None:
+            raise StoreError("storage is not open")
+        async with self._write_lock:
+            busy, _, _ = (await _q(conn, "PRAGMA wal_checkpoint(TRUNCATE)"))[0]
+        if busy:
+            log.warning("the WAL checkpoint after an erasure was blocked by a reader; the next one completes it")
 
     @asynccontextmanager
     async def _write_conn(self) -> AsyncIterator[aiosqlite.Connection]:

@@ -30,6 +30,7 @@ from .engagement_model import (
     PortalEnrollment,
     PortalSession,
 )
+from .erasure import ErasureRecord
 from .model import (
     AdjustmentRecord,
     BalanceMismatch,
@@ -303,6 +304,16 @@ class Storage(Protocol):
     async def claim_sale(self, brand_id: str, code_hash: str, customer_id: str, now: int) -> PortalClaim:
         """The portal's claim of a receipt, once (``claims_store.portal_claim``; ClaimRefused otherwise)."""
         ...
+    async def erase_customer(
+        self, brand_id: str, customer_id: str, actor: str, reason: str, now: int,
+        operator_id: str | None = None, contact_hashes: Sequence[str] = (),
+    ) -> ErasureRecord:
+        """Erase the customer's personal data (``cloud.erasure``): one transaction, then the
+        backend reclaims the old bytes it can; NotFound, or AlreadyExists (``already_erased``)."""
+
+    async def reclaim(self, tables: Sequence[str]) -> None:
+        """After an erasure, make the old bytes of ``tables`` go where the backend can (SQLite:
+        truncate the WAL; PostgreSQL: VACUUM); outside any transaction."""
 
     async def run_expiry(self, now: int) -> ExpirySummary:
         """Expire every point due at ``now``; idempotent, safe to run twice or to interrupt."""

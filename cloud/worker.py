@@ -24,12 +24,14 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from protocol import Ack, Batch, MessageType, Op, OpKind, OpStatus, ProtocolError, decode_batch, encode_ack, seal
+from protocol.privacy import redact_batch_body
 from protocol.refunds import basis_version
 
+from .erasure import LATE_OP_TABLES, is_erased
 from .errors import StoreError
 from .keys import CloudKey
 from .messages import batch_effects, needs_program
@@ -122,6 +124,7 @@ class Worker:
             current = state.program_version
             program = programs.get(current) if current is not None and needs_program(outcome) else None
             effects = batch_effects(outcome, program)
+            stored = _stored_body(claim.body, ops, state)
             await tx.save_batch(
                 BatchCommit(
                     store_id=head.store_id,
@@ -129,7 +132,7 @@ class Worker:
                     seq=claim.seq,
                     prev_seq=head.last_seq,
                     hash=claim.hash,
-                    body=claim.body,
+                    body=stored,
                     ack=sealed,
                     at=claim.at,
                     received_at=claim.received_at,
@@ -150,6 +153,10 @@ class Worker:
             len(outcome.mismatches),
             len(outcome.shortfalls),
         )
+        if stored is not claim.body:
+            # The received bytes held an erased customer's data: their old pages go too, before
+            # the ack is out (rare: a late op from an edge offline since the erasure).
+            await self.storage.reclaim(LATE_OP_TABLES)
         if self.on_applied is not None:
             self.on_applied(applied)
         return applied
@@ -205,3 +212,12 @@ def program_versions(ops: tuple[Op, ...], state: LedgerState) -> set[int]:
     if state.program_version is not None:
         versions.add(state.program_version)
     return versions
+
+
+def _stored_body(body: bytes, ops: Sequence[Op], state: LedgerState) -> bytes:
+    """The batch as kept: scrubbed of the personal data of customers erased before it was
+    applied (a late op from an offline edge), so an erasure is never undone by a resend."""
+    erased = {cid for cid, c in state.customers.items() if is_erased(c.consent)}
+    if not erased or not any(op.customer_id in erased for op in ops):
+        return body
+    return redact_batch_body(body, erased) or body

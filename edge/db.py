@@ -181,6 +181,13 @@ MIGRATIONS: list[tuple[str, str]] = [
         ) WITHOUT ROWID;
         """,
     ),
+    (
+        "0006_erasure",
+        """
+        -- The cloud erased this customer's personal data (edge.erasure): the row stays, anonymous.
+        ALTER TABLE customers ADD COLUMN erased_at INTEGER;
+        """,
+    ),
 ]
 
 
@@ -199,6 +206,9 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
             raise sqlite3.OperationalError(f"could not enable WAL (journal_mode={mode})")
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute("PRAGMA foreign_keys = ON")
+    # Deleted and rewritten content is overwritten with zeros rather than left in the
+    # file's free space: an erased customer must not linger there (edge.erasure).
+    conn.execute("PRAGMA secure_delete = ON")
     return conn
 
 

@@ -22,6 +22,7 @@ from protocol import GENESIS_HASH, Ack, Batch, Downlink, OpStatus, op_from_wire,
 from protocol.normalize import name_key
 
 from .claim_writes import apply_cloud_link
+from .erasure import erased_in_batch, redact_acked, scrub_customer
 from .store import get_meta, load_program, save_program, set_meta
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,9 @@ def apply_ack(ack: Ack, now: int) -> Job[dict[str, int]]:
             [(b.points, b.version, b.customer_id, b.version) for b in ack.balances],
         )
         conn.execute("UPDATE batches SET acked_at = ? WHERE seq = ?", (now, ack.seq))
+        erased = erased_in_batch(conn, ack.seq)
+        if erased:  # kept byte for byte until now (edge.erasure): never sent again
+            redact_acked(conn, ack.seq, erased)
         return {"applied": len(ack.results) - len(refused), "refused": len(refused)}
 
     return job
@@ -193,6 +197,9 @@ def apply_downlink(downlink: Downlink, now: int) -> Job[bool]:
             log.warning("ignoring a downlink from cursor %d; ours is %d", downlink.from_cursor, cursor)
             return False
         for c in downlink.customers:
+            if c.erased:
+                scrub_customer(conn, c, now)
+                continue
             local = conn.execute(
                 "SELECT version FROM customers WHERE customer_id = ?", (c.customer_id,)
             ).fetchone()

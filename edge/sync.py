@@ -46,6 +46,7 @@ from protocol import (
 from .backoff import Backoff
 from .cloud_trust import CloudTrust, TrustKeeper, pin
 from .db import connect
+from .erasure import checkpoint
 from .errors import CloudPending, CloudRefused, CloudUnavailable, StoreError
 from .keyfile import KeyFileError, load_key
 from .outbox import Identity, NewBatch, PendingBatch, apply_ack, apply_downlink, prepare_batch, store_batch
@@ -289,6 +290,8 @@ class SyncTask:
             if await keeper.adopt(downlink.cloud_keys):
                 await self.trust()  # shows the new newest key in the status
             applied = await self.store.write(apply_downlink(downlink, self._now_ms()))
+            if applied and any(c.erased for c in downlink.customers):
+                await asyncio.to_thread(checkpoint, self.store.path)
             if downlink.program is not None:
                 self.store.forget_program()
             if not applied or not downlink.more:

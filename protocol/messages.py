@@ -30,7 +30,7 @@ from .ids import is_uuid
 from .ops import MAX_TIME_MS, MIN_TIME_MS, Op, check_groups, op_from_wire
 from .rules import Program
 from .sale import looks_like_card_number
-from .validate import MAX_POINTS, check_range, check_text, check_types, field_names, fields_of, to_wire
+from .validate import MAX_POINTS, check_range, check_text, check_types, fields_of, to_wire
 
 BODY_VERSION = 1
 MAX_BATCH_OPS = 5000
@@ -207,6 +207,9 @@ class CustomerRecord:
     #: The processor's card token linked to the profile (``protocol.claims``), if any. On the
     #: wire only when set, so a record without a card encodes as it did before cards.
     card_token: str | None = None
+    #: The cloud erased this customer's personal data: the edge scrubs its copies (see
+    #: ``protocol.privacy``). Sent only when true, so records stay readable by older edges.
+    erased: bool = False
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -215,6 +218,9 @@ class CustomerRecord:
         if self.card_token is not None and looks_like_card_number(self.card_token):
             raise LocalProtocolError("a card number is never sent, only the processor's token",
                                      code="card_number_refused", field="card_token")
+        if self.erased and (self.name or self.phone or self.email or self.card_code):
+            raise LocalProtocolError("an erased customer carries no personal data", code="invalid_value",
+                                     field="erased")
         check_text("name", self.name, 200)
         check_text("phone", self.phone, 32)
         check_text("email", self.email, 254)
@@ -229,10 +235,23 @@ class CustomerRecord:
             check_range("expiring", points, 1, MAX_POINTS)
 
     def to_wire(self) -> dict[str, Any]:
-        out = {name: to_wire(getattr(self, name)) for name in field_names(CustomerRecord)}
-        if self.card_token is None:
-            del out["card_token"]
+        out = {name: to_wire(getattr(self, name)) for name in _RECORD_FIELDS}
+        if self.card_token is not None:
+            out["card_token"] = self.card_token
+        if self.erased:
+            out["erased"] = True
         return out
+
+
+_RECORD_FIELDS = ("customer_id", "name", "phone", "email", "card_code", "balance", "version", "groups",
+                  "opted_out", "expiring")
+
+
+def _customer_record(obj: object) -> CustomerRecord:
+    """A downlink record; ``card_token`` and ``erased`` travel only when set."""
+    if isinstance(obj, dict) and ("erased" not in obj or "card_token" not in obj):
+        obj = {"card_token": None, "erased": False, **obj}
+    return _nested(CustomerRecord, obj, "customers")
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,22 +349,13 @@ def decode_pull(body: bytes) -> Pull:
     return _build(Pull, _body_fields(Pull, body, MessageType.PULL))
 
 
-def _with_card(record: object) -> object:
-    """A customer record's map with ``card_token`` present (it travels only when set)."""
-    if isinstance(record, dict) and "card_token" not in record:
-        return {**record, "card_token": None}
-    return record
-
-
 def encode_downlink(downlink: Downlink) -> bytes:
     return _pack(downlink)
 
 
 def decode_downlink(body: bytes) -> Downlink:
     kw = _body_fields(Downlink, body, MessageType.DOWNLINK)
-    kw["customers"] = tuple(
-        _nested(CustomerRecord, _with_card(c), "customers") for c in _items(kw["customers"], "customers")
-    )
+    kw["customers"] = tuple(_customer_record(c) for c in _items(kw["customers"], "customers"))
     if kw["program"] is not None:
         kw["program"] = _nested(Program, kw["program"], "program")
     return _build(Downlink, kw)

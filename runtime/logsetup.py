@@ -74,6 +74,10 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(event, ensure_ascii=False)
 
 
+#: Libraries whose DEBUG output carries the data they handle; held at INFO whatever the level.
+QUIET_LIBRARIES = ("aiosqlite", "asyncpg")
+
+
 def configure(level: str | int = "INFO", fmt: str = "text", *, stream: TextIO | None = None,
               limiter: RateLimitFilter | None = None) -> logging.Handler:
     """Replace the root logger's handlers with one stderr handler in ``fmt``."""
@@ -83,4 +87,7 @@ def configure(level: str | int = "INFO", fmt: str = "text", *, stream: TextIO | 
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(TEXT_FORMAT))
     handler.addFilter(limiter or RateLimitFilter())
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    for name in QUIET_LIBRARIES:
+        # At DEBUG they log every statement with its parameters: names, phones, emails.
+        logging.getLogger(name).setLevel(max(logging.INFO, logging.getLogger().level))
     return handler
