@@ -26,7 +26,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
 from protocol import LocalProtocolError
-from protocol.privacy import ERASED_REASON, redact_batch_body, scrub_basis
+from protocol.privacy import ERASED_REASON, redact_batch_body, scrub_basis, scrub_sale_bytes
 from protocol.validate import check_text
 
 from .balances import lock_customers, take_versions
@@ -126,6 +126,11 @@ async def erase(
         scrubbed["portal_limits"] = len(await q.fetch(
             f"DELETE FROM portal_limits WHERE {q.dialect.any_of('key', 1)} RETURNING key", q.dialect.strings(keys)))
     scrubbed["sales"] = await _scrub_sales(q, customer_id)
+    # A linked card is a token, not a card number, but it still points at the person.
+    scrubbed["card_links"] = len(await q.fetch(
+        "DELETE FROM card_links WHERE customer_id = $1 RETURNING token", customer_id))
+    await q.fetch("DELETE FROM card_streaks WHERE customer_id = $1", customer_id)
+    scrubbed["claimed_sales"] = await _scrub_claimed(q, customer_id)
     scrubbed["batches"] = await _redact_batches(q, customer_id)
     await q.fetch(
         "INSERT INTO erasures (brand_id, customer_id, version, actor, reason, operator_id, at)"
@@ -143,6 +148,18 @@ async def _scrub_sales(q: Session, customer_id: str) -> int:
         clean = scrub_basis(bytes(basis))
         if clean != bytes(basis):
             await q.fetch("UPDATE sales SET basis = $1 WHERE store_id = $2 AND sale_id = $3", clean, store_id, sale_id)
+            count += 1
+    return count
+
+
+async def _scrub_claimed(q: Session, customer_id: str) -> int:
+    """Receipts the customer claimed keep their lines and amounts, not the card tokens paid with."""
+    rows = await q.fetch("SELECT code_hash, sale FROM claimable_sales WHERE customer_id = $1", customer_id)
+    count = 0
+    for code_hash, sale in rows:
+        clean = scrub_sale_bytes(bytes(sale))
+        if clean != bytes(sale):
+            await q.fetch("UPDATE claimable_sales SET sale = $1 WHERE code_hash = $2", clean, code_hash)
             count += 1
     return count
 

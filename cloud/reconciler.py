@@ -311,7 +311,8 @@ class _Batch:
             sale.basis = scrub_basis(basis.to_bytes()) if is_erased(cust.row.consent) else basis.to_bytes()
         self.changed_sales.add(op.sale_id)
         self.move(cust, op, "earn", op.points, op.sale_id)
-        self.claim_work.card_payment(self, cust, op)
+        if not is_erased(cust.row.consent):  # an erased person's card is never linked again
+            self.claim_work.card_payment(self, cust, op)
         expected = verification.earn(op, self.programs.at(op.program_version), cust.rated_as)
         return _Decision(_APPLIED, points=op.points, note=self._noted(op, op.points, expected))
 

@@ -36,7 +36,7 @@ from typing import Any
 import msgpack
 
 from protocol import CustomerRecord, ProtocolError, op_from_wire
-from protocol.privacy import redact_envelope, scrub_basis, scrub_op
+from protocol.privacy import redact_envelope, scrub_basis, scrub_op, scrub_sale_bytes
 
 log = logging.getLogger(__name__)
 #: Keys of an API answer that hold a profile's personal data.
@@ -70,6 +70,9 @@ def scrub_customer(conn: sqlite3.Connection, record: CustomerRecord, now: int) -
             (cid, record.balance, record.version, now, now, groups, record.opted_out, expiring, now),
         )
     done["sales"] = _scrub_sales(conn, cid)
+    done["card_links"] = conn.execute("DELETE FROM card_links WHERE customer_id = ?", (cid,)).rowcount
+    conn.execute("DELETE FROM card_streaks WHERE customer_id = ?", (cid,))
+    done["claims"] = _scrub_claims(conn, cid)
     done["idempotency"] = _scrub_answers(conn, cid)
     done["outbox"] = _scrub_outbox(conn, cid)
     done["batches"] = _scrub_batches(conn, cid)
@@ -85,6 +88,16 @@ def _scrub_sales(conn: sqlite3.Connection, cid: str) -> int:
         clean = scrub_basis(basis)
         if clean != basis:
             conn.execute("UPDATE sales SET basis = ? WHERE sale_id = ?", (clean, sale_id))
+            count += 1
+    return count
+
+
+def _scrub_claims(conn: sqlite3.Connection, cid: str) -> int:
+    count = 0
+    for code_hash, sale in conn.execute("SELECT code_hash, sale FROM claims WHERE claimed_by = ?", (cid,)).fetchall():
+        clean = scrub_sale_bytes(sale)
+        if clean != sale:
+            conn.execute("UPDATE claims SET sale = ? WHERE code_hash = ?", (clean, code_hash))
             count += 1
     return count
 

@@ -48,6 +48,11 @@ def scrub_sale(sale: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def scrub_sale_bytes(data: bytes) -> bytes:
+    """A stored sale (``protocol.claims.sale_bytes``) without its card tokens."""
+    return _packb(scrub_sale(_unpackb(data)))
+
+
 def scrub_op(op: Mapping[str, Any]) -> dict[str, Any]:
     """The op's wire map without the customer's personal data."""
     out = dict(op)
