@@ -21,8 +21,8 @@ after) keyed by the file's digest and line.
 
 from __future__ import annotations
 
-import dataclasses
 import json
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
@@ -33,9 +33,9 @@ from protocol.validate import check_text
 from .balances import lock_customers, take_versions
 from .csv_rows import MAX_ERRORS, AdjustRow, CsvFile, CsvRejected, Ident, ImportRow, Kind, OptOutRow, RowError
 from .engagement_model import ConsentRecord
-from .engagement_store import insert_consents
 from .errors import ConfigError, NotFound, Refused
-from .model import CLOUD_ORIGIN, CUSTOMER_COLUMNS, CustomerState, astuple
+from .model import CLOUD_ORIGIN, CustomerState, astuple
+from .pg_schema import CUSTOMER, ENTRY, Columns, names
 from .sql import Row, Session
 
 #: The ledger entry kind of an imported opening balance (adjustments keep ``adjust``).
@@ -44,8 +44,19 @@ DEFAULT_IMPORT_REASON = "balance import"
 _CSV_LOCK = "loyalty-csv:"
 _ENROLL_LOCK = "loyalty-portal-enroll:"  # engagement_store's: the portal's sign-ups of the brand
 _COLUMN = {"customer_code": "card_code", "phone": "phone", "email": "email"}
-_ADJUSTMENT_COLUMNS = ("op_id, brand_id, customer_id, points, reason, actor, operator_id, balance_after, version,"
-                       " at, csv_digest, csv_line")
+_ADJUSTMENT: Columns = (
+    ("op_id", "text"), ("brand_id", "text"), ("customer_id", "text"), ("points", "bigint"), ("reason", "text"),
+    ("actor", "text"), ("operator_id", "text"), ("balance_after", "bigint"), ("version", "bigint"), ("at", "bigint"),
+    ("csv_digest", "text"), ("csv_line", "bigint"),
+)
+_CONSENT: Columns = (
+    ("brand_id", "text"), ("customer_id", "text"), ("channel", "text"), ("granted", "bool"), ("at", "bigint"),
+    ("source", "text"), ("terminal_id", "text"), ("staff", "text"),
+)
+_UPDATE: Columns = (("balance", "bigint"), ("opted_out", "bool"), ("version", "bigint"), ("updated_at", "bigint"),
+                    ("customer_id", "text"))
+#: Rows per statement of a PostgreSQL bulk write (one array parameter per column).
+_CHUNK = 20_000
 _FILE_COLUMNS = ("brand_id, kind, digest, sha256, row_count, created, changed, points, actor, operator_id, reason, at")
 
 
@@ -77,6 +88,7 @@ class _Plan:
     consents: list[ConsentRecord] = field(default_factory=list)
     # (customer_id, points, reason, balance after, line) per ledger entry
     entries: list[tuple[str, int, str, int, int]] = field(default_factory=list)
+    consent_json: dict[tuple[str, ...], str] = field(default_factory=dict)  # one text per set of channels
 
 
 def _marks(columns: str) -> str:
@@ -134,12 +146,16 @@ class _RowBad(Exception):
         self.field, self.code, self.message = field, code, message
 
 
-def _new_customer(brand_id: str, row: ImportRow, actor: str, now: int) -> CustomerState:
-    consent = {"at": now, "channels": list(row.channels), "source": "import", "staff": actor, "terms_accepted": True}
+def _consent_json(channels: tuple[str, ...], actor: str, now: int) -> str:
+    consent = {"at": now, "channels": list(channels), "source": "import", "staff": actor, "terms_accepted": True}
+    return json.dumps(consent, sort_keys=True, separators=(",", ":"))
+
+
+def _new_customer(brand_id: str, row: ImportRow, consent: str, now: int) -> CustomerState:
     return CustomerState(
         customer_id=uuid7(now), brand_id=brand_id, name=row.name or "", phone=row.ident.phone,
         email=row.ident.email, card_code=row.ident.customer_code,
-        consent=json.dumps(consent, sort_keys=True, separators=(",", ":")), balance=row.balance, version=0,
+        consent=consent, balance=row.balance, version=0,
         enrolled_store=CLOUD_ORIGIN, created_at=now, updated_at=now, opted_out=row.opted_out,
     )
 
@@ -201,7 +217,10 @@ def _enroll(brand_id: str, row: ImportRow, actor: str, reason: str | None, now: 
         if key in new_keys:
             raise _RowBad(key[0], "duplicate", f"the same {key[0]} as line {new_keys[key]}")
     new_keys.update((key, row.line) for key in keys)
-    customer = _new_customer(brand_id, row, actor, now)
+    consent = plan.consent_json.get(row.channels)
+    if consent is None:
+        consent = plan.consent_json[row.channels] = _consent_json(row.channels, actor, now)
+    customer = _new_customer(brand_id, row, consent, now)
     plan.new.append(customer)
     plan.consents += [ConsentRecord(brand_id, customer.customer_id, ch, True, now, "import", None, actor)
                       for ch in row.channels]
@@ -223,6 +242,38 @@ async def _lookup(q: Session, brand_id: str, file: CsvFile) -> dict[str, Custome
         brand_id, *(d.strings(sorted(values[n])) for n in ("customer_id", "customer_code", "phone", "email")),
     )
     return await lock_customers(q, [r[0] for r in rows])
+
+
+async def _insert(q: Session, table: str, cols: Columns, rows: Sequence[Sequence[object]]) -> None:
+    """Many rows: executemany on SQLite (one writer, in-process), one ``unnest`` statement per
+    ``_CHUNK`` rows on PostgreSQL (a round trip per row would dominate a 100,000-row file)."""
+    if not rows:
+        return
+    if q.dialect.sqlite:
+        await q.many(f"INSERT INTO {table} ({names(cols)}) VALUES ({_marks(names(cols))})", rows)
+        return
+    arrays = ", ".join(f"${i}::{t}[]" for i, (_, t) in enumerate(cols, 1))
+    for start in range(0, len(rows), _CHUNK):
+        chunk = rows[start:start + _CHUNK]
+        await q.fetch(f"INSERT INTO {table} ({names(cols)}) SELECT * FROM unnest({arrays})",
+                      *([list(c) for c in zip(*chunk, strict=True)]))
+
+
+async def _update_customers(q: Session, rows: Sequence[Sequence[object]]) -> None:
+    """(balance, opted_out, version, updated_at, customer_id) per customer."""
+    if not rows:
+        return
+    if q.dialect.sqlite:
+        await q.many("UPDATE customers SET balance = $1, opted_out = $2, version = $3, updated_at = $4"
+                     " WHERE customer_id = $5", rows)
+        return
+    arrays = ", ".join(f"${i}::{t}[]" for i, (_, t) in enumerate(_UPDATE, 1))
+    for start in range(0, len(rows), _CHUNK):
+        chunk = rows[start:start + _CHUNK]
+        await q.fetch(
+            "UPDATE customers AS c SET balance = u.balance, opted_out = u.opted_out, version = u.version,"
+            f" updated_at = u.updated_at FROM unnest({arrays}) AS u({names(_UPDATE)})"
+            " WHERE c.customer_id = u.customer_id", *([list(col) for col in zip(*chunk, strict=True)]))
 
 
 class SqlCsv:
@@ -254,14 +305,10 @@ class SqlCsv:
                               f" {done[0][1]}): nothing was changed", field="file", code="file_already_applied")
             customers = await _lookup(q, brand_id, file)
             plan = plan_file(brand_id, file, customers, actor, reason, now)
-            changed = sorted(set(plan.balances) | set(plan.opt_outs))
-            count = len(changed) + len(plan.new)
-            first = await take_versions(q, brand_id, count) if count else 0
-            versions = {cid: first + n for n, cid in enumerate(changed)}
-            await self._write_plan(q, brand_id, file, plan, customers, versions, first + len(changed), actor,
-                                   operator_id, now)
+            await self._write_plan(q, brand_id, file, plan, customers, actor, operator_id, now)
             result = CsvResult(brand_id, file.kind.value, file.digest, file.sha256, len(file.rows), len(plan.new),
-                               count, sum(e[1] for e in plan.entries), actor, operator_id, reason, now)
+                               len(set(plan.balances) | set(plan.opt_outs)) + len(plan.new),
+                               sum(e[1] for e in plan.entries), actor, operator_id, reason, now)
             await q.fetch(f"INSERT INTO csv_files ({_FILE_COLUMNS}) VALUES ({_marks(_FILE_COLUMNS)})",
                           result.brand_id, result.kind, result.digest, result.sha256, result.rows, result.created,
                           result.changed, result.points, actor, operator_id, reason, now)
@@ -269,33 +316,33 @@ class SqlCsv:
 
     @staticmethod
     async def _write_plan(q: Session, brand_id: str, file: CsvFile, plan: _Plan, customers: dict[str, CustomerState],
-                          versions: dict[str, int], next_version: int, actor: str, operator_id: str | None,
-                          now: int) -> None:
-        new = [dataclasses.replace(c, version=next_version + n) for n, c in enumerate(plan.new)]
-        versions.update((c.customer_id, c.version) for c in new)
-        if new:
-            await q.many(f"INSERT INTO customers ({CUSTOMER_COLUMNS}) VALUES ({_marks(CUSTOMER_COLUMNS)})",
-                         [astuple(c) for c in new])
-        existing = [cid for cid in versions if cid in customers]
-        await q.many(
-            "UPDATE customers SET balance = $1, opted_out = $2, version = $3, updated_at = $4 WHERE customer_id = $5",
-            [(plan.balances.get(cid, customers[cid].balance), plan.opt_outs.get(cid, customers[cid].opted_out),
-              versions[cid], now, cid) for cid in existing],
-        )
-        await insert_consents(q, plan.consents)
+                          actor: str, operator_id: str | None, now: int) -> None:
+        # What carries no version first: the brand's counter is taken last and held to commit
+        # (as a batch does), so the brand's batches wait for this file as briefly as they can.
+        await _insert(q, "consents", _CONSENT, [astuple(c) for c in plan.consents])
         kind = IMPORT_KIND if file.kind is Kind.IMPORT else "adjust"
         op_ids = [uuid7(now) for _ in plan.entries]
-        await q.many(
-            "INSERT INTO ledger_entries (customer_id, op_id, store_id, sale_id, kind, points, at)"
-            " VALUES ($1, $2, $3, NULL, $4, $5, $6)",
-            [(cid, op_id, CLOUD_ORIGIN, kind, points, now) for op_id, (cid, points, *_) in zip(op_ids, plan.entries,
-                                                                                              strict=True)],
-        )
-        await q.many(
-            f"INSERT INTO adjustments ({_ADJUSTMENT_COLUMNS}) VALUES ({_marks(_ADJUSTMENT_COLUMNS)})",
-            [(op_id, brand_id, cid, points, reason, actor, operator_id, after, versions[cid], now, file.digest, line)
-             for op_id, (cid, points, reason, after, line) in zip(op_ids, plan.entries, strict=True)],
-        )
+        await _insert(q, "ledger_entries", ENTRY, [
+            (cid, op_id, CLOUD_ORIGIN, None, kind, points, now)
+            for op_id, (cid, points, *_) in zip(op_ids, plan.entries, strict=True)])
+        changed = sorted(set(plan.balances) | set(plan.opt_outs))
+        count = len(changed) + len(plan.new)
+        if not count:
+            return
+        first = await take_versions(q, brand_id, count)
+        versions = {cid: first + n for n, cid in enumerate(changed)}
+        rows = []
+        for n, customer in enumerate(plan.new, first + len(changed)):
+            row = astuple(customer)
+            rows.append((*row[:8], n, *row[9:]))
+            versions[customer.customer_id] = n
+        await _insert(q, "customers", CUSTOMER, rows)
+        await _update_customers(q, [
+            (plan.balances.get(cid, customers[cid].balance), plan.opt_outs.get(cid, customers[cid].opted_out),
+             versions[cid], now, cid) for cid in changed])
+        await _insert(q, "adjustments", _ADJUSTMENT, [
+            (op_id, brand_id, cid, points, reason, actor, operator_id, after, versions[cid], now, file.digest, line)
+            for op_id, (cid, points, reason, after, line) in zip(op_ids, plan.entries, strict=True)])
 
     async def export_balances(self, brand_id: str) -> list[Row]:
         """(customer_id, card_code, balance, opted_out, name, phone, email) of every customer of

@@ -4,6 +4,7 @@ change reaches the edges' pulls; through storage, the admin API and the real CLI
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import dataclasses
 import io
@@ -87,6 +88,7 @@ async def test_an_import_credits_known_customers_enrolls_new_ones_and_goes_down(
     assert await rows(cloud, f"SELECT customer_id, channel, source, staff FROM consents WHERE customer_id IN"
                              f" ('{bob}', '{chloe}')") == [(bob, "email", "import", "Maria")]
     assert await cloud.storage.audit_balances() == []
+    assert await rows(cloud, f"SELECT kind FROM messages WHERE customer_id IN ('{bob}', '{chloe}')") == []
 
     # Every customer the file touched has a new version: the next pull carries exactly them.
     page, _ = await cloud.pull(store_b, cursor=first.to_cursor)
@@ -154,6 +156,15 @@ async def test_the_same_rows_twice_are_refused_however_the_file_is_spelt(cloud: 
     with pytest.raises(NotFound):
         await cloud.storage.apply_csv("nobody", parse(Kind.IMPORT, b"phone,balance\n+33600000000,1\n"), "M",
                                       k.now_ms())
+
+
+async def test_two_uploads_of_one_file_at_once_apply_it_once(cloud: k.Cloud) -> None:
+    ada = await customer(cloud, "Ada", ADA_PHONE)
+    file = parse(Kind.IMPORT, f"phone,balance\n{ADA_PHONE},40\n".encode())
+    outcomes = await asyncio.gather(*(cloud.storage.apply_csv(k.BRAND, file, f"clerk {n}", k.now_ms())
+                                      for n in range(2)), return_exceptions=True)
+    assert sorted(type(o).__name__ for o in outcomes) == ["CsvResult", "Refused"]
+    assert await cloud.balances() == {ada: 40}
 
 
 async def test_bulk_opt_out_sets_the_flag_and_goes_down(cloud: k.Cloud) -> None:
