@@ -22,6 +22,7 @@ after) keyed by the file's digest and line.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ from .errors import ConfigError, NotFound, Refused
 from .model import CLOUD_ORIGIN, CustomerState, astuple
 from .pg_schema import CUSTOMER, ENTRY, Columns, names
 from .sql import Row, Session
+
+log = logging.getLogger(__name__)
 
 #: The ledger entry kind of an imported opening balance (adjustments keep ``adjust``).
 IMPORT_KIND = "import"
@@ -312,6 +315,10 @@ class SqlCsv:
             await q.fetch(f"INSERT INTO csv_files ({_FILE_COLUMNS}) VALUES ({_marks(_FILE_COLUMNS)})",
                           result.brand_id, result.kind, result.digest, result.sha256, result.rows, result.created,
                           result.changed, result.points, actor, operator_id, reason, now)
+        # Counts and ids only: the actor is a person's name.
+        log.info("csv %s applied to brand %s: %d rows, %d customers created, %d changed, %d points, digest %s,"
+                 " operator %s", result.kind, brand_id, result.rows, result.created, result.changed, result.points,
+                 result.digest[:16], operator_id)
         return result
 
     @staticmethod
