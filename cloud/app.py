@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from . import admin_api, enrollment_api, report_api
+from . import admin_api, csv_api, enrollment_api, report_api
 from .api import CLOCK, CLOUD_KEY, MAX_BATCH_BYTES, SERVICE, STORAGE, add_routes, error_middleware
 from .engagement import Engagement, add_engagement
 from .handoff import Handoff
@@ -101,6 +101,7 @@ def make_app(
     admin_api.add_routes(app)
     enrollment_api.add_routes(app)
     report_api.add_routes(app)
+    csv_api.add_routes(app)
     app.router.add_get("/metrics", metrics_handler)
     if engagement is not None:  # the portal and the message dispatcher, once the ledger is open
         add_engagement(app, engagement)

@@ -53,6 +53,7 @@ from protocol import Program
 
 from . import claims_store
 from .claims_model import ClaimRows, ClaimState
+from .csv_store import SqlCsv
 from .engagement_store import SqlEngagement, insert_consents, insert_messages
 from .errors import StoreError
 from .ledger import CLAIM_SELECT, SqlLedger, programs_by_version
@@ -268,7 +269,7 @@ class _PgTx:
         await _fetch(conn, "DELETE FROM inbox WHERE store_id = $1 AND seq = $2", commit.store_id, commit.seq)
 
 
-class PgStorage(SqlStoreKeys, SqlEngagement, SqlLedger):
+class PgStorage(SqlCsv, SqlStoreKeys, SqlEngagement, SqlLedger):
     """The PostgreSQL ledger at ``dsn`` (its tables are created and migrated by ``open``).
 
     The schema is the DSN's search path (``?search_path=...``; asyncpg sends

@@ -387,6 +387,35 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     Migration(
+        "0010_merchant_csv",
+        (
+            # Merchant CSV files applied to a brand, by the digest of their rows: the same rows are
+            # refused a second time, so an import never counts twice.
+            """CREATE TABLE csv_files (
+                brand_id TEXT NOT NULL REFERENCES brands(brand_id),
+                kind TEXT NOT NULL,
+                digest TEXT NOT NULL,
+                sha256 TEXT NOT NULL,
+                row_count INTEGER NOT NULL,
+                created INTEGER NOT NULL,
+                changed INTEGER NOT NULL,
+                points INTEGER NOT NULL,
+                actor TEXT NOT NULL,
+                operator_id TEXT,
+                reason TEXT,
+                at INTEGER NOT NULL,
+                PRIMARY KEY (brand_id, kind, digest)
+            )""",
+            # The file and line each of a file's ledger entries came from (one entry per line, ever).
+            "ALTER TABLE adjustments ADD COLUMN csv_digest TEXT",
+            "ALTER TABLE adjustments ADD COLUMN csv_line INTEGER",
+            "CREATE UNIQUE INDEX adjustments_csv_line ON adjustments (csv_digest, csv_line)"
+            " WHERE csv_digest IS NOT NULL",
+            # Files (and tills) find customers by their card code, as by phone and email.
+            "CREATE INDEX customers_brand_card ON customers (brand_id, card_code)",
+        ),
+    ),
+    Migration(
         "0011_identity_claims",
         (
             # Sales recorded without a profile (an UnclaimedSale op), found by the SHA-256 of their

@@ -26,6 +26,7 @@ from protocol import Program
 
 from . import claims_store
 from .claims_model import ClaimRows, ClaimState
+from .csv_store import SqlCsv
 from .engagement_store import SqlEngagement, insert_consents, insert_messages
 from .errors import StoreError
 from .ledger import (
@@ -248,7 +249,7 @@ class _SQLiteTx:
         await _q(conn, "DELETE FROM inbox WHERE store_id = ? AND seq = ?", (commit.store_id, commit.seq))
 
 
-class SQLiteStorage(SqlStoreKeys, SqlEngagement, SqlLedger):
+class SQLiteStorage(SqlCsv, SqlStoreKeys, SqlEngagement, SqlLedger):
     """The SQLite ledger at ``path`` (created and migrated by ``open``)."""
 
     single_writer = True

@@ -20,6 +20,8 @@ from typing import Protocol
 from protocol import Program
 
 from .claims_model import ClaimRows, ClaimState, PortalClaim
+from .csv_rows import CsvFile
+from .csv_store import CsvResult
 from .engagement_model import (
     ConsentRecord,
     MessageContact,
@@ -317,4 +319,15 @@ class Storage(Protocol):
 
     async def run_expiry(self, now: int) -> ExpirySummary:
         """Expire every point due at ``now``; idempotent, safe to run twice or to interrupt."""
+        ...
+
+    # ---- merchant CSV files (csv_rows parses, csv_store applies)
+    async def apply_csv(self, brand_id: str, file: CsvFile, actor: str, now: int, *,
+                        operator_id: str | None = None, reason: str | None = None) -> CsvResult:
+        """Apply a parsed file whole in one transaction (each changed customer takes a new version),
+        or change nothing: ``CsvRejected`` lists every bad row; the same rows twice is ``Refused``."""
+        ...
+
+    async def export_balances(self, brand_id: str) -> list[Row]:
+        """(customer_id, card_code, balance, opted_out, name, phone, email) per customer, one snapshot."""
         ...
