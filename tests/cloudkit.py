@@ -63,7 +63,7 @@ TABLES = (
     "brands", "programs", "stores", "store_keys", "customers", "sales", "ops",
     "ledger_entries", "conflicts", "batches", "brand_counters", "operators", "mismatches", "shortfalls", "adjustments",
     "messages", "consents", "otp_challenges", "portal_limits", "portal_sessions", "claim_tokens", "cloud_keys",
-    "inbox", "store_sync",
+    "inbox", "store_sync", "csv_files", "claimable_sales", "card_links", "card_streaks", "erasures",
 )
 
 PG_DSN_ENV = "LOYALTY_TEST_PG_DSN"
