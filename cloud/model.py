@@ -307,6 +307,8 @@ class LedgerState:
     customers: Mapping[str, CustomerState]  # by customer_id, any brand
     sales: Mapping[str, SaleState]  # by sale_id, this store only
     ops: Mapping[str, OpRecord]  # by op_id, ops already applied or refused
+    #: Merged (tombstone) customer_id -> its survivor, for the ids the batch names (cloud/merges.py).
+    merged: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,6 +383,8 @@ class DownlinkPage:
     program: Program | None
     #: customer_id -> (expires_at, points) of upcoming expiries (empty without an expiry policy)
     expiring: Mapping[str, tuple[tuple[int, int], ...]] = field(default_factory=dict)
+    #: customer_id -> survivor of the page's tombstones (merged duplicates)
+    merged: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

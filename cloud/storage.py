@@ -29,6 +29,7 @@ from .engagement_model import (
     PortalEnrollment,
     PortalSession,
 )
+from .merges import MergeRecord, MergeSummary
 from .model import (
     AdjustmentRecord,
     BalanceMismatch,
@@ -292,6 +293,14 @@ class Storage(Protocol):
         self, brand_id: str, customer_id: str, points: int, reason: str, actor: str, now: int,
         operator_id: str | None = None,
     ) -> AdjustmentRecord: ...
+
+    # ---- duplicate profiles (cloud/merges.py)
+    async def merge_duplicates(self, now: int, *, brand_id: str | None = None,
+                               customer_ids: Sequence[str] | None = None, actor: str = "periodic") -> MergeSummary:
+        """Merge profiles sharing a card code or phone into the older one; idempotent."""
+        ...
+
+    async def list_merges(self, brand_id: str) -> list[MergeRecord]: ...
 
     async def run_expiry(self, now: int) -> ExpirySummary:
         """Expire every point due at ``now``; idempotent, safe to run twice or to interrupt."""

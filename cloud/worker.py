@@ -26,7 +26,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from protocol import Ack, Batch, MessageType, Op, OpStatus, ProtocolError, decode_batch, encode_ack, seal
+from protocol import (
+    Ack,
+    Batch,
+    Enroll,
+    MessageType,
+    Op,
+    OpStatus,
+    ProtocolError,
+    UpdateProfile,
+    decode_batch,
+    encode_ack,
+    seal,
+)
 from protocol.refunds import basis_version
 
 from .errors import StoreError
@@ -131,6 +143,7 @@ class Worker:
                     consents=effects.consents,
                 )
             )
+        await self._merge_collisions(head.brand_id, head.store_id, claim.seq, ops, outcome)
         applied = Applied(head.store_id, claim.seq, sealed, outcome, time.perf_counter() - started)
         log.info(
             "store %s batch %d: %d ops, %d refused, %d applied with a note (see ops.note), %d mismatches,"
@@ -169,6 +182,23 @@ class Worker:
             if not self._stop.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), pause)
+
+    async def _merge_collisions(self, brand_id: str, store_id: str, seq: int, ops: tuple[Op, ...],
+                                outcome: BatchOutcome) -> None:
+        """After a batch that gave profiles a card code or phone: merge any duplicates it made now,
+        before its ack is answered, so the store's next pull (and every edge's) carries the merge.
+        The periodic job catches whatever this misses (a failure here leaves the batch applied)."""
+        applied = {r.op_id for r in outcome.results if r.status is OpStatus.APPLIED}
+        ids = [op.customer_id for op in ops
+               if isinstance(op, Enroll | UpdateProfile) and (op.card_code or op.phone) and op.op_id in applied]
+        if not ids:
+            return
+        try:
+            await self.storage.merge_duplicates(self.clock(), brand_id=brand_id, customer_ids=ids,
+                                                actor=f"batch {store_id}/{seq}")
+        except StoreError as exc:
+            log.warning("store %s batch %d: merging duplicate profiles failed, the periodic job will: %s",
+                        store_id, seq, exc)
 
     def _batch(self, claim: Claim) -> Batch:
         known = None if self.decoded is None else self.decoded(*_key(claim))

@@ -18,9 +18,10 @@ from typing import TypeVar
 import msgpack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from protocol import GENESIS_HASH, Ack, Batch, Downlink, OpStatus, op_from_wire, seal_batch
+from protocol import GENESIS_HASH, Ack, Batch, CustomerRecord, Downlink, OpStatus, op_from_wire, seal_batch
 from protocol.normalize import name_key
 
+from .merges import fold
 from .store import get_meta, load_program, save_program, set_meta
 
 log = logging.getLogger(__name__)
@@ -192,43 +193,9 @@ def apply_downlink(downlink: Downlink, now: int) -> Job[bool]:
             log.warning("ignoring a downlink from cursor %d; ours is %d", downlink.from_cursor, cursor)
             return False
         for c in downlink.customers:
-            local = conn.execute(
-                "SELECT version FROM customers WHERE customer_id = ?", (c.customer_id,)
-            ).fetchone()
-            groups = json.dumps(list(c.groups))
-            expiring = json.dumps([list(e) for e in c.expiring])
-            if local is None:
-                conn.execute(
-                    "INSERT INTO customers (customer_id, name, name_key, phone, email, card_code, confirmed, "
-                    "version, created_at, updated_at, groups, opted_out, expiring) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (c.customer_id, c.name, name_key(c.name), c.phone, c.email, c.card_code, c.balance,
-                     c.version, now, now, groups, c.opted_out, expiring),
-                )
-                continue
-            # The same version again is taken too: an ack may have brought the
-            # version with the balance alone, and this record has the rest.
-            if local[0] > c.version:
-                continue
-            profile_pending = conn.execute(
-                "SELECT 1 FROM outbox WHERE customer_id = ? AND status IS NULL "
-                "AND kind IN ('enroll', 'update_profile') LIMIT 1",
-                (c.customer_id,),
-            ).fetchone()
-            if profile_pending:
-                # Our own unconfirmed profile change is newer than this record.
-                conn.execute(
-                    "UPDATE customers SET confirmed = ?, version = ?, expiring = ? WHERE customer_id = ?",
-                    (c.balance, c.version, expiring, c.customer_id),
-                )
-            else:
-                conn.execute(
-                    "UPDATE customers SET name = ?, name_key = ?, phone = ?, email = ?, card_code = ?, "
-                    "confirmed = ?, version = ?, updated_at = ?, groups = ?, opted_out = ?, expiring = ? "
-                    "WHERE customer_id = ?",
-                    (c.name, name_key(c.name), c.phone, c.email, c.card_code, c.balance, c.version, now,
-                     groups, c.opted_out, expiring, c.customer_id),
-                )
+            _take_customer(conn, c, now)
+            if c.merged_into is not None:
+                fold(conn, c.customer_id, c.merged_into)
         program = downlink.program
         if program is not None:
             current = load_program(conn)
@@ -241,6 +208,46 @@ def apply_downlink(downlink: Downlink, now: int) -> Job[bool]:
 
     return job
 
+
+def _take_customer(conn: sqlite3.Connection, c: CustomerRecord, now: int) -> None:
+    """A downlink's customer record, if it is not older than ours."""
+    local = conn.execute(
+        "SELECT version FROM customers WHERE customer_id = ?", (c.customer_id,)
+    ).fetchone()
+    groups = json.dumps(list(c.groups))
+    expiring = json.dumps([list(e) for e in c.expiring])
+    if local is None:
+        conn.execute(
+            "INSERT INTO customers (customer_id, name, name_key, phone, email, card_code, confirmed, "
+            "version, created_at, updated_at, groups, opted_out, expiring) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (c.customer_id, c.name, name_key(c.name), c.phone, c.email, c.card_code, c.balance,
+             c.version, now, now, groups, c.opted_out, expiring),
+        )
+        return
+    # The same version again is taken too: an ack may have brought the
+    # version with the balance alone, and this record has the rest.
+    if local[0] > c.version:
+        return
+    profile_pending = conn.execute(
+        "SELECT 1 FROM outbox WHERE customer_id = ? AND status IS NULL "
+        "AND kind IN ('enroll', 'update_profile') LIMIT 1",
+        (c.customer_id,),
+    ).fetchone()
+    if profile_pending:
+        # Our own unconfirmed profile change is newer than this record.
+        conn.execute(
+            "UPDATE customers SET confirmed = ?, version = ?, expiring = ? WHERE customer_id = ?",
+            (c.balance, c.version, expiring, c.customer_id),
+        )
+    else:
+        conn.execute(
+            "UPDATE customers SET name = ?, name_key = ?, phone = ?, email = ?, card_code = ?, "
+            "confirmed = ?, version = ?, updated_at = ?, groups = ?, opted_out = ?, expiring = ? "
+            "WHERE customer_id = ?",
+            (c.name, name_key(c.name), c.phone, c.email, c.card_code, c.balance, c.version, now,
+             groups, c.opted_out, expiring, c.customer_id),
+        )
 
 
 IDEMPOTENCY_KEEP_MS = 7 * 24 * 3600 * 1000

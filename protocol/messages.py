@@ -190,7 +190,9 @@ class CustomerRecord:
     """A customer as the cloud knows it, with the confirmed balance.
 
     ``expiring`` is (expires_at, points) of the balance's upcoming expiries,
-    nearest first (see ``protocol.expiry.upcoming``).
+    nearest first (see ``protocol.expiry.upcoming``). ``merged_into`` names the
+    profile this one was merged into (a duplicate card code or phone): the
+    record is then a tombstone, and the edge folds it into that survivor.
     """
 
     customer_id: str
@@ -203,10 +205,16 @@ class CustomerRecord:
     groups: tuple[str, ...] = ()
     opted_out: bool = False
     expiring: tuple[tuple[int, int], ...] = ()
+    merged_into: str | None = None
 
     def __post_init__(self) -> None:
         check_types(self)
         _check_uuid("customer_id", self.customer_id)
+        if self.merged_into is not None:
+            _check_uuid("merged_into", self.merged_into)
+            if self.merged_into == self.customer_id:
+                raise LocalProtocolError("a profile cannot be merged into itself", code="invalid_value",
+                                         field="merged_into")
         check_text("name", self.name, 200)
         check_text("phone", self.phone, 32)
         check_text("email", self.email, 254)
