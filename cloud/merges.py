@@ -39,7 +39,7 @@ from protocol import uuid7
 
 from . import balances
 from .model import CLOUD_ORIGIN, CUSTOMER_COLUMNS, CustomerState, customer_from_row
-from .sql import Row, Session
+from .sql import Session
 
 log = logging.getLogger(__name__)
 
@@ -76,62 +76,46 @@ class Collision:
     value: str
 
 
-async def merged_of(q: Session, customer_ids: Iterable[str]) -> dict[str, str]:
-    """Tombstone -> survivor for those of ``customer_ids`` that were merged."""
-    ids = sorted(set(customer_ids))
-    if not ids:
-        return {}
-    rows = await q.fetch(
-        f"SELECT customer_id, merged_into FROM customers WHERE {q.dialect.any_of('customer_id', 1)}"
-        " AND merged_into IS NOT NULL",
-        q.dialect.strings(ids),
-    )
-    return {r[0]: r[1] for r in rows}
-
-
 async def load_customers(q: Session, customer_ids: Iterable[str]) -> tuple[dict[str, CustomerState], dict[str, str]]:
-    """The batch path's customers, with the survivors of any merged ones, locked (PostgreSQL) in
-    customer_id order, and the tombstone -> survivor map."""
-    wanted = set(customer_ids)
-    merged = await merged_of(q, wanted)  # unlocked: tells which survivors to lock along
-    rows = await _lock(q, wanted | set(merged.values()))
-    merged = {r[0]: r[14] for r in rows if r[14] is not None}
-    missing = set(merged.values()) - {r[0] for r in rows}
-    if missing:  # merged between the read and the lock (rare): lock the new survivors too
-        rows += await _lock(q, missing)
-    return {r[0]: customer_from_row(r) for r in rows}, merged
-
-
-async def _lock(q: Session, ids: Iterable[str]) -> list[Row]:
+    """The batch path's customers with the survivors of any merged ones, locked (PostgreSQL) in
+    customer_id order by one statement, and the tombstone -> survivor map."""
     rows = await q.fetch(
         f"SELECT {CUSTOMER_COLUMNS}, merged_into FROM customers WHERE {q.dialect.any_of('customer_id', 1)}"
+        f" OR customer_id IN (SELECT merged_into FROM customers WHERE {q.dialect.any_of('customer_id', 1)})"
         f" ORDER BY customer_id{q.dialect.for_update}",
-        q.dialect.strings(sorted(set(ids))),
+        q.dialect.strings(sorted(set(customer_ids))),
     )
-    return rows
+    merged = {r[0]: r[14] for r in rows if r[14] is not None}
+    missing = sorted(set(merged.values()) - {r[0] for r in rows})
+    if missing:  # merged after the statement took its snapshot, before it locked (rare): lock those too
+        rows += await q.fetch(
+            f"SELECT {CUSTOMER_COLUMNS}, merged_into FROM customers WHERE {q.dialect.any_of('customer_id', 1)}"
+            f" ORDER BY customer_id{q.dialect.for_update}",
+            q.dialect.strings(missing),
+        )
+    return {r[0]: customer_from_row(r) for r in rows}, merged
 
 
 async def find_collisions(q: Session, brand_id: str | None = None,
                           customer_ids: Sequence[str] | None = None) -> list[Collision]:
     """Card codes and phones that two live profiles of a brand hold (through themselves or their
-    tombstones): every brand's, one brand's, or only those ``customer_ids`` hold."""
-    found: list[Collision] = []
+    tombstones): every brand's, one brand's, or only those ``customer_ids`` hold. One statement."""
+    parts, args = [], []
+    if customer_ids is not None:
+        args.append(q.dialect.strings(sorted(set(customer_ids))))
+    if brand_id is not None:
+        args.append(brand_id)
     for reason in REASONS:
-        where, args = f"{reason} IS NOT NULL", []
+        where = f"{reason} IS NOT NULL"
         if customer_ids is not None:
             where += (f" AND (brand_id, {reason}) IN (SELECT brand_id, {reason} FROM customers"
                       f" WHERE {q.dialect.any_of('customer_id', 1)})")
-            args.append(q.dialect.strings(sorted(set(customer_ids))))
         if brand_id is not None:
-            args.append(brand_id)
             where += f" AND brand_id = ${len(args)}"
-        rows = await q.fetch(
-            f"SELECT brand_id, {reason} FROM customers WHERE {where} GROUP BY brand_id, {reason}"
-            f" HAVING COUNT(DISTINCT {_LIVE}) > 1 ORDER BY brand_id, {reason}",
-            *args,
-        )
-        found.extend(Collision(r[0], reason, r[1]) for r in rows)
-    return found
+        parts.append(f"SELECT brand_id, '{reason}' AS reason, {reason} AS value FROM customers WHERE {where}"
+                     f" GROUP BY brand_id, {reason} HAVING COUNT(DISTINCT {_LIVE}) > 1")
+    rows = await q.fetch(" UNION ALL ".join(parts) + " ORDER BY 1, 2, 3", *args)
+    return [Collision(r[0], r[1], r[2]) for r in rows]
 
 
 async def holders(q: Session, collision: Collision) -> list[tuple[int, str]]:

@@ -54,7 +54,7 @@ from protocol import Program
 from .engagement_store import SqlEngagement, insert_consents, insert_messages
 from .errors import StoreError
 from .ledger import CLAIM_SELECT, SqlLedger, programs_by_version
-from .merges import load_customers
+from .merges import Collision, find_collisions, load_customers
 from .migrations import pending
 from .model import (
     BatchCommit,
@@ -207,6 +207,9 @@ class _PgTx:
             ops={r[0]: OpRecord(r[0], bytes(r[1]), *r[2:]) for r in ops},
             merged=merged,
         )
+
+    async def find_collisions(self, brand_id: str, customer_ids: Sequence[str]) -> list[Collision]:
+        return await find_collisions(_PgSession(self._conn), brand_id, customer_ids)
 
     async def load_programs(self, brand_id: str, versions: Sequence[int]) -> dict[int, Program]:
         return await programs_by_version(_PgSession(self._conn), brand_id, versions)

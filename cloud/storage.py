@@ -29,7 +29,7 @@ from .engagement_model import (
     PortalEnrollment,
     PortalSession,
 )
-from .merges import MergeRecord, MergeSummary
+from .merges import Collision, MergeRecord, MergeSummary
 from .model import (
     AdjustmentRecord,
     BalanceMismatch,
@@ -88,6 +88,11 @@ class LedgerTx(Protocol):
     async def save_rows(self, outcome: BatchOutcome) -> None:
         """The outcome's rows that carry no version: ops, sales, ledger entries, conflicts,
         mismatches, shortfalls."""
+        ...
+
+    async def find_collisions(self, brand_id: str, customer_ids: Sequence[str]) -> list[Collision]:
+        """Card codes and phones these customers share with another live profile of the brand
+        (``merges.find_collisions``): read in the batch's transaction, so no extra one is opened."""
         ...
 
     async def take_versions(self, brand_id: str, count: int) -> int:

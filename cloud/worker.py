@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from protocol import (
@@ -143,7 +143,10 @@ class Worker:
                     consents=effects.consents,
                 )
             )
-        await self._merge_collisions(head.brand_id, head.store_id, claim.seq, ops, outcome)
+            named = _identified(ops, outcome, state.merged)
+            collides = bool(named) and bool(await tx.find_collisions(head.brand_id, named))
+        if collides:
+            await self._merge(head.brand_id, head.store_id, claim.seq, named)
         applied = Applied(head.store_id, claim.seq, sealed, outcome, time.perf_counter() - started)
         log.info(
             "store %s batch %d: %d ops, %d refused, %d applied with a note (see ops.note), %d mismatches,"
@@ -183,18 +186,13 @@ class Worker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), pause)
 
-    async def _merge_collisions(self, brand_id: str, store_id: str, seq: int, ops: tuple[Op, ...],
-                                outcome: BatchOutcome) -> None:
-        """After a batch that gave profiles a card code or phone: merge any duplicates it made now,
-        before its ack is answered, so the store's next pull (and every edge's) carries the merge.
-        The periodic job catches whatever this misses (a failure here leaves the batch applied)."""
-        applied = {r.op_id for r in outcome.results if r.status is OpStatus.APPLIED}
-        ids = [op.customer_id for op in ops
-               if isinstance(op, Enroll | UpdateProfile) and (op.card_code or op.phone) and op.op_id in applied]
-        if not ids:
-            return
+    async def _merge(self, brand_id: str, store_id: str, seq: int, customer_ids: list[str]) -> None:
+        """The batch gave a profile a card code or phone another one holds: merge them now, before
+        its ack is handed over, so the store's next pull (and every edge's) carries the merge. The
+        periodic job catches what this misses (a failure here, or two stores' batches committing
+        the same card at the same instant on PostgreSQL, each not seeing the other's)."""
         try:
-            await self.storage.merge_duplicates(self.clock(), brand_id=brand_id, customer_ids=ids,
+            await self.storage.merge_duplicates(self.clock(), brand_id=brand_id, customer_ids=customer_ids,
                                                 actor=f"batch {store_id}/{seq}")
         except StoreError as exc:
             log.warning("store %s batch %d: merging duplicate profiles failed, the periodic job will: %s",
@@ -219,6 +217,13 @@ def _decode(claim: Claim) -> Batch:
 
 def _key(claim: Claim) -> tuple[str, int, bytes]:
     return claim.head.store_id, claim.seq, claim.hash
+
+
+def _identified(ops: tuple[Op, ...], outcome: BatchOutcome, merged: Mapping[str, str]) -> list[str]:
+    """Customers the batch applied a card code or phone to (enrolled, or changed; a merged id's survivor)."""
+    applied = {r.op_id for r in outcome.results if r.status is OpStatus.APPLIED}
+    return [merged.get(op.customer_id, op.customer_id) for op in ops
+            if isinstance(op, Enroll | UpdateProfile) and (op.card_code or op.phone) and op.op_id in applied]
 
 
 def program_versions(ops: tuple[Op, ...], state: LedgerState) -> set[int]:
