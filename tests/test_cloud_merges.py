@@ -137,6 +137,10 @@ async def test_ops_addressed_to_the_merged_id_land_on_the_survivor(cloud: k.Clou
                        (older, "redeem", -120), (older, "void_redeem", 120)]
     ops = await rows(cloud, "SELECT customer_id, COUNT(*) FROM ops WHERE store_id = 'store-b' GROUP BY customer_id")
     assert dict(ops) == {newer: 6, older: 2}
+    # An operator's adjustment of the old id goes to the survivor too: a tombstone stays at 0.
+    record = await cloud.storage.adjust_balance(k.BRAND, newer, 5, "goodwill", "Maria", k.now_ms())
+    assert (record.customer_id, record.balance_after) == (older, 125)
+    assert await cloud.balances() == {older: 125, newer: 0}
     assert await cloud.storage.audit_balances() == []
 
 
