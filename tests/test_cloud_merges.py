@@ -21,10 +21,14 @@ from cloud.config import DataDir
 from cloud.merges import MergeRecord
 from cloud.model import CLOUD_ORIGIN
 from cloud.periodic import run_periodic
-from protocol import Balance, Consent, Enroll, Op, OpStatus
+from protocol import Ack, Balance, Consent, Enroll, Op, OpStatus
 
 from . import cloudkit as k
+from . import test_cloud_pg_concurrency as concurrency
 from .test_cloud_balance_ops import ms
+from .test_cloud_pg_concurrency import Ledger
+
+ledger = concurrency.ledger  # two reconcilers with pools of their own, on PostgreSQL
 
 
 @pytest.fixture
@@ -271,3 +275,34 @@ def test_the_cli_lists_the_merges(tmp_path: Path, backend: k.Backend) -> None:
     record = json.loads(lines[1])
     assert (record["survivor_id"], record["duplicate_id"], record["reason"]) == (older, newer, "card_code")
     assert len(run("merges", "acme").splitlines()) == 1
+
+
+async def test_merges_and_reconcilers_at_once_on_postgres(ledger: Ledger, pg: k.Backend) -> None:
+    """Two reconcilers apply batches on both profiles while merges run: everyone locks the
+    customers in customer_id order, so they wait for each other, never deadlock, and no point is
+    lost or counted twice."""
+    assert pg.dsn is not None
+    older, newer = k.any_uuid(), k.any_uuid()
+    await ledger.send("store-a", [enroll(older, phone="+33677777770", age_ms=5_000), k.earn(older, "o-0", 1000)])
+    await ledger.send("store-b", [enroll(newer, phone="+33677777771"), k.earn(newer, "n-0", 1000)])
+    await k.run_async_rows(pg.dsn, f"UPDATE customers SET card_code = 'CARD-R' WHERE customer_id IN"
+                                   f" ('{older}', '{newer}')")
+
+    async def store(name: str) -> list[Ack]:
+        return [await ledger.send(name, [k.earn(newer, f"{name}-n{i}", 5), k.earn(older, f"{name}-o{i}", 5)])
+                for i in range(10)]
+
+    async def merges() -> int:
+        merged = 0
+        for _ in range(5):  # while the stores' batches are being applied
+            await asyncio.sleep(0.02)
+            merged += (await ledger.storage.merge_duplicates(k.now_ms())).merged
+        return merged
+
+    acks_a, acks_b, merged = await asyncio.wait_for(asyncio.gather(store("store-a"), store("store-b"), merges()), 60)
+    assert merged == 1
+    assert all(r.status is OpStatus.APPLIED for ack in acks_a + acks_b for r in ack.results)
+    rows = dict(await k.run_async_rows(pg.dsn, f"SELECT customer_id, balance FROM customers WHERE customer_id IN"
+                                               f" ('{older}', '{newer}')"))
+    assert rows == {older: 2200, newer: 0}
+    assert await ledger.storage.audit_balances() == []
