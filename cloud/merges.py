@@ -79,9 +79,13 @@ class Collision:
 async def load_customers(q: Session, customer_ids: Iterable[str]) -> tuple[dict[str, CustomerState], dict[str, str]]:
     """The batch path's customers with the survivors of any merged ones, locked (PostgreSQL) in
     customer_id order by one statement, and the tombstone -> survivor map."""
+    ids = q.dialect.any_of("customer_id", 1)
+    survivors = f"SELECT merged_into FROM customers WHERE {ids} AND merged_into IS NOT NULL"
+    # One list of keys, not an OR: PostgreSQL would scan the whole table for the OR.
+    keys = (f"customer_id IN (SELECT value FROM json_each($1) UNION {survivors})" if q.dialect.sqlite
+            else f"customer_id = ANY($1::text[] || ARRAY({survivors}))")
     rows = await q.fetch(
-        f"SELECT {CUSTOMER_COLUMNS}, merged_into FROM customers WHERE {q.dialect.any_of('customer_id', 1)}"
-        f" OR customer_id IN (SELECT merged_into FROM customers WHERE {q.dialect.any_of('customer_id', 1)})"
+        f"SELECT {CUSTOMER_COLUMNS}, merged_into FROM customers WHERE {keys}"
         f" ORDER BY customer_id{q.dialect.for_update}",
         q.dialect.strings(sorted(set(customer_ids))),
     )
@@ -89,7 +93,7 @@ async def load_customers(q: Session, customer_ids: Iterable[str]) -> tuple[dict[
     missing = sorted(set(merged.values()) - {r[0] for r in rows})
     if missing:  # merged after the statement took its snapshot, before it locked (rare): lock those too
         rows += await q.fetch(
-            f"SELECT {CUSTOMER_COLUMNS}, merged_into FROM customers WHERE {q.dialect.any_of('customer_id', 1)}"
+            f"SELECT {CUSTOMER_COLUMNS}, merged_into FROM customers WHERE {ids}"
             f" ORDER BY customer_id{q.dialect.for_update}",
             q.dialect.strings(missing),
         )
@@ -99,23 +103,31 @@ async def load_customers(q: Session, customer_ids: Iterable[str]) -> tuple[dict[
 async def find_collisions(q: Session, brand_id: str | None = None,
                           customer_ids: Sequence[str] | None = None) -> list[Collision]:
     """Card codes and phones that two live profiles of a brand hold (through themselves or their
-    tombstones): every brand's, one brand's, or only those ``customer_ids`` hold. One statement."""
-    parts, args = [], []
+    tombstones): every brand's (or one brand's), or only those ``customer_ids`` hold. One statement."""
     if customer_ids is not None:
-        args.append(q.dialect.strings(sorted(set(customer_ids))))
+        return await _collisions_of(q, customer_ids)
+    parts, args = [], []
     if brand_id is not None:
         args.append(brand_id)
     for reason in REASONS:
-        where = f"{reason} IS NOT NULL"
-        if customer_ids is not None:
-            where += (f" AND (brand_id, {reason}) IN (SELECT brand_id, {reason} FROM customers"
-                      f" WHERE {q.dialect.any_of('customer_id', 1)})")
-        if brand_id is not None:
-            where += f" AND brand_id = ${len(args)}"
+        where = f"{reason} IS NOT NULL" + (" AND brand_id = $1" if brand_id is not None else "")
         parts.append(f"SELECT brand_id, '{reason}' AS reason, {reason} AS value FROM customers WHERE {where}"
                      f" GROUP BY brand_id, {reason} HAVING COUNT(DISTINCT {_LIVE}) > 1")
     rows = await q.fetch(" UNION ALL ".join(parts) + " ORDER BY 1, 2, 3", *args)
     return [Collision(r[0], r[1], r[2]) for r in rows]
+
+
+async def _collisions_of(q: Session, customer_ids: Sequence[str]) -> list[Collision]:
+    """The batch path's check: an index probe per customer and identifier (no scan, no grouping)."""
+    parts = [
+        f"SELECT c.brand_id, '{reason}', c.{reason} FROM customers c WHERE {q.dialect.any_of('c.customer_id', 1)}"
+        f" AND c.{reason} IS NOT NULL AND EXISTS (SELECT 1 FROM customers o WHERE o.brand_id = c.brand_id"
+        f" AND o.{reason} = c.{reason} AND COALESCE(o.merged_into, o.customer_id)"
+        f" <> COALESCE(c.merged_into, c.customer_id))"
+        for reason in REASONS
+    ]
+    rows = await q.fetch(" UNION ALL ".join(parts), q.dialect.strings(sorted(set(customer_ids))))
+    return sorted({Collision(r[0], r[1], r[2]) for r in rows}, key=lambda c: (c.brand_id, c.reason, c.value))
 
 
 async def holders(q: Session, collision: Collision) -> list[tuple[int, str]]:
