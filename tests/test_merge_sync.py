@@ -144,6 +144,9 @@ async def test_a_terminal_keeps_using_the_old_id_and_the_card_after_a_merge(both
     for query in ("code=CARD-42", "phone=%2B15145550143", "phone=%2B15145550142"):
         status, data = await both.call("GET", f"/v1/customers?{query}")
         assert status == 200 and [c["customer_id"] for c in data["customers"]] == [older], (query, data)
+    # A profile change through the old id changes the survivor.
+    status, data = await both.call("PATCH", f"/v1/customers/{newer}", {"email": "bea@example.org"})
+    assert (status, data["customer_id"], data["email"]) == (200, older, "bea@example.org")
     # The card cannot be given to a third profile here either.
     status, data = await both.call("POST", "/v1/customers", {
         "name": "Bo", "card_code": "CARD-42", "consent": {"terms_accepted": True}})
