@@ -108,12 +108,25 @@ async def _move(q: Session, customer: CustomerState, points: int, kind: str, ver
     return op_id
 
 
+async def _survivor(q: Session, customer_id: str) -> str:
+    """The live profile behind ``customer_id``: itself, or the one it was merged into."""
+    rows = await q.fetch("SELECT merged_into FROM customers WHERE customer_id = $1", customer_id)
+    return str(rows[0][0]) if rows and rows[0][0] is not None else customer_id
+
+
 async def adjust(
     q: Session, brand_id: str, customer_id: str, points: int, reason: str, actor: str, operator_id: str | None,
     now: int,
 ) -> AdjustmentRecord:
-    """An operator's adjustment; a debit above the balance is refused, as at the edge."""
-    customer = (await lock_customers(q, [customer_id])).get(customer_id)
+    """An operator's adjustment; a debit above the balance is refused, as at the edge. A merged
+    profile's id adjusts its survivor (cloud/merges.py): a tombstone's balance stays 0."""
+    customer = None
+    for _ in range(3):  # a merge committed between the look and the locks: look again
+        target = await _survivor(q, customer_id)
+        locked = await lock_customers(q, {customer_id, target})  # both, in the batch path's order
+        if await _survivor(q, customer_id) == target:
+            customer_id, customer = target, locked.get(target)
+            break
     if customer is None or customer.brand_id != brand_id:
         raise NotFound(f"no customer {customer_id!r} in brand {brand_id!r}", field="customer_id")
     if points < 0 and -points > customer.balance:

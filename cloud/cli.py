@@ -25,7 +25,7 @@ from protocol.signup_link import LinkKind, make_token, signup_url
 from runtime.logsetup import LOG_FORMATS
 from runtime.logsetup import configure as configure_logging
 
-from . import admin_api, cli_jobs, config_file, csv_cli, customer_cli, store_cli
+from . import admin_api, cli_jobs, cli_merges, config_file, csv_cli, customer_cli, store_cli
 from .app import bind, make_app, serve, url_of, wall_clock_ms
 from .checks import check_id, check_name, check_program, parse_public_key_hex
 from .cli_common import MAX_WORKERS
@@ -447,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_jobs.add_commands(sub, common)
     customer_cli.add_commands(sub, common)
     csv_cli.add_commands(sub, common)
+    cli_merges.add_commands(sub, common)
     return parser
 
 

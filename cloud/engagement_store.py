@@ -207,16 +207,19 @@ class SqlEngagement:
         column, value = ("phone", phone) if phone is not None else ("email", email)
         if value is None:
             return None
+        # A merged duplicate (cloud/merges.py) that kept this phone or email stands for its survivor.
         rows = await q.fetch(
-            f"SELECT {CUSTOMER_COLUMNS} FROM customers WHERE brand_id = $1 AND {column} = $2"
-            " ORDER BY created_at, customer_id LIMIT 1",
+            f"SELECT {CUSTOMER_COLUMNS} FROM customers WHERE customer_id = (SELECT COALESCE(merged_into, customer_id)"
+            f" FROM customers WHERE brand_id = $1 AND {column} = $2 ORDER BY created_at, customer_id LIMIT 1)",
             brand_id, value,
         )
         return CustomerState(*rows[0]) if rows else None
 
     async def get_customer(self, customer_id: str) -> CustomerState | None:
         async with self._read() as q:
-            rows = await q.fetch(f"SELECT {CUSTOMER_COLUMNS} FROM customers WHERE customer_id = $1", customer_id)
+            rows = await q.fetch(  # a merged id gives its survivor
+                f"SELECT {CUSTOMER_COLUMNS} FROM customers WHERE customer_id ="
+                " (SELECT COALESCE(merged_into, customer_id) FROM customers WHERE customer_id = $1)", customer_id)
         return CustomerState(*rows[0]) if rows else None
 
     async def customer_entries(self, customer_id: str) -> list[LedgerEntry]:

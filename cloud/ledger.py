@@ -21,6 +21,7 @@ from .erasure import ErasureLedger
 from .errors import AlreadyExists, ConfigError, NotFound, StoreError
 from .ledger_periodic import PeriodicLedger
 from .ledger_reports import ReportLedger
+from .merges import MergeLedger
 from .model import (
     CUSTOMER_COLUMNS,
     AdjustmentRecord,
@@ -114,7 +115,7 @@ def _check_adjustment(points: int, reason: str, actor: str) -> None:
         raise ConfigError(exc.message, field=exc.field, code=exc.code) from exc
 
 
-class SqlLedger(PeriodicLedger, ReportLedger, ErasureLedger):
+class SqlLedger(PeriodicLedger, ReportLedger, ErasureLedger, MergeLedger):
     """Shared half of ``SQLiteStorage`` and ``PgStorage`` (with the periodic job's and the reports' methods)."""
 
     def _read(self) -> AbstractAsyncContextManager[Session]:
@@ -137,7 +138,7 @@ class SqlLedger(PeriodicLedger, ReportLedger, ErasureLedger):
     async def downlink_page(self, brand_id: str, cursor: int, limit: int) -> DownlinkPage:
         async with self._read() as q:
             rows = await q.fetch(
-                f"SELECT {CUSTOMER_COLUMNS} FROM customers WHERE brand_id = $1 AND version > $2"
+                f"SELECT {CUSTOMER_COLUMNS}, merged_into FROM customers WHERE brand_id = $1 AND version > $2"
                 " ORDER BY version LIMIT $3",
                 brand_id, cursor, limit,
             )
@@ -148,7 +149,8 @@ class SqlLedger(PeriodicLedger, ReportLedger, ErasureLedger):
                 q, [c.customer_id for c in customers], program.options.expiry
             )
             cards = await claims_store.card_tokens(q, [c.customer_id for c in customers])
-        return DownlinkPage(customers, 0 if counter is None else counter[0], program, expiring, cards)
+        merged = {r[0]: r[14] for r in rows if r[14] is not None}
+        return DownlinkPage(customers, 0 if counter is None else counter[0], program, expiring, cards, merged)
 
     async def current_program(self, brand_id: str) -> Program | None:
         async with self._read() as q:

@@ -309,6 +309,8 @@ class LedgerState:
     sales: Mapping[str, SaleState]  # by sale_id, this store only
     ops: Mapping[str, OpRecord]  # by op_id, ops already applied or refused
     claims: ClaimState = field(default_factory=ClaimState)  # loaded apart (LedgerTx.load_claims)
+    #: Merged (tombstone) customer_id -> its survivor, for the ids the batch names (cloud/merges.py).
+    merged: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,6 +387,8 @@ class DownlinkPage:
     #: customer_id -> (expires_at, points) of upcoming expiries (empty without an expiry policy)
     expiring: Mapping[str, tuple[tuple[int, int], ...]] = field(default_factory=dict)
     card_tokens: Mapping[str, str] = field(default_factory=dict)  # customer_id -> linked card token
+    #: customer_id -> survivor of the page's tombstones (merged duplicates)
+    merged: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,9 +4,9 @@ Steps, in this order (points change first, then they are checked, then counted):
 
 1. ``expire_points``: points expiry, ``Storage.run_expiry(now)`` (what is due
    by each brand's expiry setting, a chunk of customers per transaction);
-2. ``merge_duplicates``: hook for duplicate-profile merges,
-   ``Storage.run_merges(now)`` (the identity work provides it; skipped while
-   the storage has none);
+2. ``merge_duplicates``: profiles of a brand sharing a card code or phone
+   merged into the older one, ``Storage.merge_duplicates(now)`` (one
+   transaction per merge; see ``merges``);
 3. ``audit_balances``: every balance equals the sum of its ledger entries;
 4. ``audit_chains``: every store's applied batches are gap-free from 1, each
    body hashes to its stored hash, and each batch names the hash of the one
@@ -90,8 +90,9 @@ async def expire_points(ctx: Context) -> StepResult:
 
 
 async def merge_duplicates(ctx: Context) -> StepResult:
-    """Hook: duplicate-profile merges, ``Storage.run_merges(now)``."""
-    return await _hook(ctx, "merge_duplicates", "run_merges", "merging duplicate profiles")
+    """Duplicate profiles merged into the older one; reports how many."""
+    summary = await ctx.storage.merge_duplicates(ctx.now)
+    return StepResult("merge_duplicates", True, summary.to_json())
 
 
 async def audit_balances(ctx: Context) -> StepResult:

@@ -411,8 +411,6 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE adjustments ADD COLUMN csv_line BIGINT",
             "CREATE UNIQUE INDEX adjustments_csv_line ON adjustments (csv_digest, csv_line)"
             " WHERE csv_digest IS NOT NULL",
-            # Files (and tills) find customers by their card code, as by phone and email.
-            "CREATE INDEX customers_brand_card ON customers (brand_id, card_code)",
         ),
     ),
     Migration(
@@ -431,6 +429,30 @@ MIGRATIONS: tuple[Migration, ...] = (
                 linked_at BIGINT NOT NULL, PRIMARY KEY (brand_id, token)
             )""",
             "CREATE TABLE card_streaks (customer_id TEXT PRIMARY KEY, last_token TEXT)",
+        ),
+    ),
+    Migration(
+        "0012_identity_merge",
+        (
+            # Duplicate profiles (one card code or phone given to two new profiles offline) are
+            # merged into the older one (cloud/merges.py): the duplicate stays as a tombstone
+            # naming its survivor, and every merge is audited.
+            "ALTER TABLE customers ADD COLUMN merged_into TEXT",
+            "CREATE INDEX customers_merged_into ON customers (merged_into) WHERE merged_into IS NOT NULL",
+            "CREATE INDEX customers_brand_card ON customers (brand_id, card_code) WHERE card_code IS NOT NULL",
+            """CREATE TABLE merges (
+                merge_id TEXT PRIMARY KEY,
+                brand_id TEXT NOT NULL REFERENCES brands(brand_id),
+                survivor_id TEXT NOT NULL,
+                duplicate_id TEXT NOT NULL,
+                reason TEXT NOT NULL,
+                survivor_balance_before BIGINT NOT NULL,
+                duplicate_balance_before BIGINT NOT NULL,
+                at BIGINT NOT NULL,
+                actor TEXT NOT NULL
+            )""",
+            "CREATE UNIQUE INDEX merges_duplicate ON merges (duplicate_id)",
+            "CREATE INDEX merges_brand_at ON merges (brand_id, at)",
         ),
     ),
     Migration(

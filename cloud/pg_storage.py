@@ -57,6 +57,7 @@ from .csv_store import SqlCsv
 from .engagement_store import SqlEngagement, insert_consents, insert_messages
 from .errors import StoreError
 from .ledger import CLAIM_SELECT, SqlLedger, programs_by_version
+from .merges import Collision, find_collisions, load_customers
 from .migrations import pending
 from .model import (
     BatchCommit,
@@ -67,12 +68,10 @@ from .model import (
     OpRecord,
     astuple,
     claim_from_row,
-    customer_from_row,
     sale_from_row,
 )
 from .pg_schema import (
     CONFLICT,
-    CUSTOMER,
     ENTRY,
     INSERT_CUSTOMERS,
     MIGRATION_LOCK,
@@ -188,31 +187,32 @@ class _PgTx:
         sale_ids: Sequence[str],
     ) -> LedgerState:
         conn = self._conn
-        # ORDER BY is applied before the locking clause: rows are locked in customer_id order.
-        customers = await _fetch(
-            conn,
-            f"SELECT {names(CUSTOMER)} FROM customers WHERE customer_id = ANY($1::text[])"
-            " ORDER BY customer_id FOR UPDATE",
-            sorted(set(customer_ids)),
-        )
-        self._locked = {r[0] for r in customers}
-        program = await _fetch(conn, "SELECT MAX(version) FROM programs WHERE brand_id = $1", brand_id)
+        # Sales first (this store's: its row lock keeps them), so their customers are locked with the
+        # ops' and the survivors of merged ones, all in one customer_id order (ORDER BY comes before
+        # the locking clause).
         sales = await _fetch(
             conn,
             f"SELECT {names(SALE)} FROM sales WHERE store_id = $1 AND sale_id = ANY($2::text[])",
             store_id,
             sorted(set(sale_ids)),
         )
+        customers, merged = await load_customers(_PgSession(conn), [*customer_ids, *(r[2] for r in sales)])
+        self._locked = set(customers)
+        program = await _fetch(conn, "SELECT MAX(version) FROM programs WHERE brand_id = $1", brand_id)
         ops = await _fetch(
             conn, f"SELECT {names(OP)} FROM ops WHERE op_id = ANY($1::text[])", sorted(set(op_ids))
         )
         return LedgerState(
             program_version=program[0][0],
             counter=0,  # versions are handed out relative to 0, then moved past the brand's counter
-            customers={r[0]: customer_from_row(r) for r in customers},
+            customers=customers,
             sales={r[1]: sale_from_row(r) for r in sales},
             ops={r[0]: OpRecord(r[0], bytes(r[1]), *r[2:]) for r in ops},
+            merged=merged,
         )
+
+    async def find_collisions(self, brand_id: str, customer_ids: Sequence[str]) -> list[Collision]:
+        return await find_collisions(_PgSession(self._conn), brand_id, customer_ids)
 
     async def load_programs(self, brand_id: str, versions: Sequence[int]) -> dict[int, Program]:
         return await programs_by_version(_PgSession(self._conn), brand_id, versions)

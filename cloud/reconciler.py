@@ -127,7 +127,9 @@ class _Batch:
     # ---- working state
 
     def customer(self, customer_id: str) -> WorkingCustomer | None:
-        """The customer if it exists in this store's brand (another brand's is unknown here)."""
+        """The customer if it exists in this store's brand (another brand's is unknown here); a merged
+        duplicate's id gives its survivor."""
+        customer_id = self.state.merged.get(customer_id, customer_id)
         cust = self.customers.get(customer_id)
         if cust is None:
             row = self.state.customers.get(customer_id)
@@ -278,8 +280,8 @@ class _Batch:
         cust = self.customer(op.customer_id)
         if cust is None:
             return _refuse(UNKNOWN_CUSTOMER)
-        sale = self.open_sale(op.sale_id, op.customer_id)
-        if sale.customer_id != op.customer_id:
+        sale = self.open_sale(op.sale_id, cust.row.customer_id)
+        if self.state.merged.get(sale.customer_id, sale.customer_id) != cust.row.customer_id:
             return _refuse(CUSTOMER_MISMATCH)
         if sale.voided_by is not None:
             return _refuse(SALE_VOIDED)
@@ -339,7 +341,8 @@ class _Batch:
             return _refuse(UNKNOWN_SALE)
         if sale.voided_by is not None:
             return _refuse(ALREADY_VOIDED if isinstance(op, Void) else SALE_VOIDED)
-        if sale.customer_id != op.customer_id:
+        merged = self.state.merged
+        if merged.get(sale.customer_id, sale.customer_id) != merged.get(op.customer_id, op.customer_id):
             return _refuse(CUSTOMER_MISMATCH)
         cust = self.customer(sale.customer_id)
         if cust is None:  # a sale is only ever opened for a customer of this brand
@@ -445,11 +448,12 @@ class _Batch:
     def balances(self, ops: Sequence[Op]) -> tuple[Balance, ...]:
         out: dict[str, Balance] = {}
         for op in ops:
-            if op.customer_id in out:
+            cid = self.state.merged.get(op.customer_id, op.customer_id)  # a merged id: its survivor's
+            if cid in out:
                 continue
-            cust = self.customer(op.customer_id)
+            cust = self.customer(cid)
             if cust is not None:
-                out[op.customer_id] = Balance(op.customer_id, cust.balance, cust.version)
+                out[cid] = Balance(cid, cust.balance, cust.version)
         return tuple(out.values())
 
 

@@ -198,7 +198,8 @@ class SyncService:
 
     async def _downlink(self, pull: Pull, brand_id: str, now: int) -> Downlink:
         page = await self.storage.downlink_page(brand_id, pull.cursor, pull.limit)
-        customers = tuple(_record(c, page.expiring.get(c.customer_id, ()), page.card_tokens.get(c.customer_id))
+        customers = tuple(_record(c, page.expiring.get(c.customer_id, ()), page.card_tokens.get(c.customer_id),
+                                  page.merged.get(c.customer_id))
                           for c in page.customers)
         more = len(customers) == pull.limit
         if more:
@@ -225,7 +226,8 @@ class SyncService:
         )
 
 
-def _record(c: CustomerState, expiring: tuple[tuple[int, int], ...], card_token: str | None) -> CustomerRecord:
+def _record(c: CustomerState, expiring: tuple[tuple[int, int], ...], card_token: str | None,
+            merged_into: str | None) -> CustomerRecord:
     groups = tuple(json.loads(c.groups))
     return CustomerRecord(c.customer_id, c.name, c.phone, c.email, c.card_code, c.balance, c.version, groups,
-                          c.opted_out, expiring, card_token, erased=is_erased(c.consent))
+                          c.opted_out, expiring, merged_into, card_token, erased=is_erased(c.consent))

@@ -38,6 +38,7 @@ from .ledger import (
     SqlLedger,
     programs_by_version,
 )
+from .merges import Collision, find_collisions, load_customers
 from .migrations import pending
 from .model import (
     BatchCommit,
@@ -48,7 +49,6 @@ from .model import (
     OpRecord,
     astuple,
     claim_from_row,
-    customer_from_row,
     sale_from_row,
 )
 from .sql import SQLITE, Row, Session, to_sqlite
@@ -141,11 +141,6 @@ class _SQLiteTx:
     ) -> LedgerState:
         conn = self._conn
         head = await _q(conn, "SELECT MAX(version) FROM programs WHERE brand_id = ?", (brand_id,))
-        customers = await _q(
-            conn,
-            f"SELECT {CUSTOMER_COLUMNS} FROM customers WHERE customer_id IN (SELECT value FROM json_each(?))",
-            (_ids(customer_ids),),
-        )
         sales = await _q(
             conn,
             f"SELECT {_SALE_COLS} FROM sales"
@@ -157,13 +152,19 @@ class _SQLiteTx:
             f"SELECT {_OP_COLS} FROM ops WHERE op_id IN (SELECT value FROM json_each(?))",
             (_ids(op_ids),),
         )
+        # With the sales' customers and the survivors of merged ones (an op may name a merged id).
+        customers, merged = await load_customers(_SQLiteSession(conn), [*customer_ids, *(r[2] for r in sales)])
         return LedgerState(
             program_version=head[0][0],
             counter=0,  # versions are handed out relative to 0, then moved past the brand's counter
-            customers={r[0]: customer_from_row(r) for r in customers},
+            customers=customers,
             sales={r[1]: sale_from_row(r) for r in sales},
             ops={r[0]: OpRecord(r[0], bytes(r[1]), *r[2:]) for r in ops},
+            merged=merged,
         )
+
+    async def find_collisions(self, brand_id: str, customer_ids: Sequence[str]) -> list[Collision]:
+        return await find_collisions(_SQLiteSession(self._conn), brand_id, customer_ids)
 
     async def load_programs(self, brand_id: str, versions: Sequence[int]) -> dict[int, Program]:
         return await programs_by_version(_SQLiteSession(self._conn), brand_id, versions)

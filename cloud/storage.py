@@ -33,6 +33,7 @@ from .engagement_model import (
     PortalSession,
 )
 from .erasure import ErasureRecord
+from .merges import Collision, MergeRecord, MergeSummary
 from .model import (
     AdjustmentRecord,
     BalanceMismatch,
@@ -91,6 +92,11 @@ class LedgerTx(Protocol):
     async def save_rows(self, outcome: BatchOutcome) -> None:
         """The outcome's rows that carry no version: ops, sales, ledger entries, conflicts,
         mismatches, shortfalls."""
+        ...
+
+    async def find_collisions(self, brand_id: str, customer_ids: Sequence[str]) -> list[Collision]:
+        """Card codes and phones these customers share with another live profile of the brand
+        (``merges.find_collisions``): read in the batch's transaction, so no extra one is opened."""
         ...
 
     async def take_versions(self, brand_id: str, count: int) -> int:
@@ -316,6 +322,14 @@ class Storage(Protocol):
     async def reclaim(self, tables: Sequence[str]) -> None:
         """After an erasure, make the old bytes of ``tables`` go where the backend can (SQLite:
         truncate the WAL; PostgreSQL: VACUUM); outside any transaction."""
+
+    # ---- duplicate profiles (cloud/merges.py)
+    async def merge_duplicates(self, now: int, *, brand_id: str | None = None,
+                               customer_ids: Sequence[str] | None = None, actor: str = "periodic") -> MergeSummary:
+        """Merge profiles sharing a card code or phone into the older one; idempotent."""
+        ...
+
+    async def list_merges(self, brand_id: str) -> list[MergeRecord]: ...
 
     async def run_expiry(self, now: int) -> ExpirySummary:
         """Expire every point due at ``now``; idempotent, safe to run twice or to interrupt."""

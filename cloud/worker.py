@@ -24,10 +24,23 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from protocol import Ack, Batch, MessageType, Op, OpKind, OpStatus, ProtocolError, decode_batch, encode_ack, seal
+from protocol import (
+    Ack,
+    Batch,
+    Enroll,
+    MessageType,
+    Op,
+    OpKind,
+    OpStatus,
+    ProtocolError,
+    UpdateProfile,
+    decode_batch,
+    encode_ack,
+    seal,
+)
 from protocol.privacy import redact_batch_body
 from protocol.refunds import basis_version
 
@@ -141,6 +154,10 @@ class Worker:
                     consents=effects.consents,
                 )
             )
+            named = _identified(ops, outcome, state.merged)
+            collides = bool(named) and bool(await tx.find_collisions(head.brand_id, named))
+        if collides:
+            await self._merge(head.brand_id, head.store_id, claim.seq, named)
         applied = Applied(head.store_id, claim.seq, sealed, outcome, time.perf_counter() - started)
         log.info(
             "store %s batch %d: %d ops, %d refused, %d applied with a note (see ops.note), %d mismatches,"
@@ -184,6 +201,18 @@ class Worker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), pause)
 
+    async def _merge(self, brand_id: str, store_id: str, seq: int, customer_ids: list[str]) -> None:
+        """The batch gave a profile a card code or phone another one holds: merge them now, before
+        its ack is handed over, so the store's next pull (and every edge's) carries the merge. The
+        periodic job catches what this misses (a failure here, or two stores' batches committing
+        the same card at the same instant on PostgreSQL, each not seeing the other's)."""
+        try:
+            await self.storage.merge_duplicates(self.clock(), brand_id=brand_id, customer_ids=customer_ids,
+                                                actor=f"batch {store_id}/{seq}")
+        except StoreError as exc:
+            log.warning("store %s batch %d: merging duplicate profiles failed, the periodic job will: %s",
+                        store_id, seq, exc)
+
     def _batch(self, claim: Claim) -> Batch:
         known = None if self.decoded is None else self.decoded(*_key(claim))
         return _decode(claim) if known is None else known
@@ -203,6 +232,13 @@ def _decode(claim: Claim) -> Batch:
 
 def _key(claim: Claim) -> tuple[str, int, bytes]:
     return claim.head.store_id, claim.seq, claim.hash
+
+
+def _identified(ops: tuple[Op, ...], outcome: BatchOutcome, merged: Mapping[str, str]) -> list[str]:
+    """Customers the batch applied a card code or phone to (enrolled, or changed; a merged id's survivor)."""
+    applied = {r.op_id for r in outcome.results if r.status is OpStatus.APPLIED}
+    return [merged.get(op.customer_id, op.customer_id) for op in ops
+            if isinstance(op, Enroll | UpdateProfile) and (op.card_code or op.phone) and op.op_id in applied]
 
 
 def program_versions(ops: tuple[Op, ...], state: LedgerState) -> set[int]:

@@ -32,8 +32,8 @@ from protocol.validate import MAX_POINTS
 
 from . import claim_api, claim_writes, sale_api, writes
 from .api_support import customer_id as _customer_id
+from .api_support import live_customer_id, write
 from .api_support import now_ms as _now_ms
-from .api_support import write
 from .appkeys import AUTH, CLOCK, CONFIG, STORE, TERMINAL_ID
 from .errors import EdgeError, InvalidInput
 from .inputs import check_fields, get_bool, get_int, get_object, get_str, get_str_list, read_json
@@ -219,7 +219,7 @@ async def enroll(request: web.Request) -> web.Response:
 
 
 async def update_customer(request: web.Request) -> web.Response:
-    customer_id = _customer_id(request.match_info["customer_id"])
+    customer_id = live_customer_id(request, request.match_info["customer_id"])
 
     def build(body: dict[str, Any], terminal_id: str, now: int) -> writes.Action:
         check_fields(body, set(), {"name", "phone", "email", "card_code", "groups", "opted_out"})
@@ -254,7 +254,7 @@ async def adjust(request: web.Request) -> web.Response:
             op_id=uuid7(now),
             at=now,
             terminal_id=terminal_id,
-            customer_id=_customer_id(body.get("customer_id")),
+            customer_id=live_customer_id(request, body.get("customer_id")),
             points=get_int(body, "points", -MAX_POINTS, MAX_POINTS),
             reason=reason,
             actor=actor,

@@ -59,3 +59,9 @@ def customer_id(value: object) -> str:
     if not isinstance(value, str) or not is_uuid(value):
         raise NotFound("no customer with this id", code="unknown_customer", field="customer_id")
     return value
+
+
+def live_customer_id(request: web.Request, value: object) -> str:
+    """A customer id from a path or a body, as the survivor's when the cloud merged it into
+    another profile (a duplicate card code or phone): ops then name the profile that holds the points."""
+    return request.app[STORE].resolve(customer_id(value))

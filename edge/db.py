@@ -182,6 +182,15 @@ MIGRATIONS: list[tuple[str, str]] = [
         """,
     ),
     (
+        "0005_identity_merge",
+        """
+        -- A profile the cloud merged into an older one with the same card code or phone
+        -- (edge/merges.py): kept as a tombstone naming its survivor, so the old id still works.
+        ALTER TABLE customers ADD COLUMN merged_into TEXT;
+        CREATE INDEX customers_merged_into ON customers(merged_into) WHERE merged_into IS NOT NULL;
+        """,
+    ),
+    (
         "0006_erasure",
         """
         -- The cloud erased this customer's personal data (edge.erasure): the row stays, anonymous.

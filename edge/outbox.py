@@ -18,11 +18,12 @@ from typing import TypeVar
 import msgpack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from protocol import GENESIS_HASH, Ack, Batch, Downlink, OpStatus, op_from_wire, seal_batch
+from protocol import GENESIS_HASH, Ack, Batch, CustomerRecord, Downlink, OpStatus, op_from_wire, seal_batch
 from protocol.normalize import name_key
 
 from .claim_writes import apply_cloud_link
 from .erasure import erased_in_batch, redact_acked, scrub_customer
+from .merges import fold
 from .store import get_meta, load_program, save_program, set_meta
 
 log = logging.getLogger(__name__)
@@ -200,45 +201,10 @@ def apply_downlink(downlink: Downlink, now: int) -> Job[bool]:
             if c.erased:
                 scrub_customer(conn, c, now)
                 continue
-            local = conn.execute(
-                "SELECT version FROM customers WHERE customer_id = ?", (c.customer_id,)
-            ).fetchone()
-            groups = json.dumps(list(c.groups))
-            expiring = json.dumps([list(e) for e in c.expiring])
-            if local is None:
-                conn.execute(
-                    "INSERT INTO customers (customer_id, name, name_key, phone, email, card_code, confirmed, "
-                    "version, created_at, updated_at, groups, opted_out, expiring) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (c.customer_id, c.name, name_key(c.name), c.phone, c.email, c.card_code, c.balance,
-                     c.version, now, now, groups, c.opted_out, expiring),
-                )
+            if _take_customer(conn, c, now):
                 apply_cloud_link(conn, c.customer_id, c.card_token, now)
-                continue
-            # The same version again is taken too: an ack may have brought the
-            # version with the balance alone, and this record has the rest.
-            if local[0] > c.version:
-                continue
-            profile_pending = conn.execute(
-                "SELECT 1 FROM outbox WHERE customer_id = ? AND status IS NULL "
-                "AND kind IN ('enroll', 'update_profile') LIMIT 1",
-                (c.customer_id,),
-            ).fetchone()
-            if profile_pending:
-                # Our own unconfirmed profile change is newer than this record.
-                conn.execute(
-                    "UPDATE customers SET confirmed = ?, version = ?, expiring = ? WHERE customer_id = ?",
-                    (c.balance, c.version, expiring, c.customer_id),
-                )
-            else:
-                conn.execute(
-                    "UPDATE customers SET name = ?, name_key = ?, phone = ?, email = ?, card_code = ?, "
-                    "confirmed = ?, version = ?, updated_at = ?, groups = ?, opted_out = ?, expiring = ? "
-                    "WHERE customer_id = ?",
-                    (c.name, name_key(c.name), c.phone, c.email, c.card_code, c.balance, c.version, now,
-                     groups, c.opted_out, expiring, c.customer_id),
-                )
-            apply_cloud_link(conn, c.customer_id, c.card_token, now)
+            if c.merged_into is not None:
+                fold(conn, c.customer_id, c.merged_into)
         program = downlink.program
         if program is not None:
             current = load_program(conn)
@@ -251,6 +217,47 @@ def apply_downlink(downlink: Downlink, now: int) -> Job[bool]:
 
     return job
 
+
+def _take_customer(conn: sqlite3.Connection, c: CustomerRecord, now: int) -> bool:
+    """A downlink's customer record, if it is not older than ours; whether it was taken."""
+    local = conn.execute(
+        "SELECT version FROM customers WHERE customer_id = ?", (c.customer_id,)
+    ).fetchone()
+    groups = json.dumps(list(c.groups))
+    expiring = json.dumps([list(e) for e in c.expiring])
+    if local is None:
+        conn.execute(
+            "INSERT INTO customers (customer_id, name, name_key, phone, email, card_code, confirmed, "
+            "version, created_at, updated_at, groups, opted_out, expiring) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (c.customer_id, c.name, name_key(c.name), c.phone, c.email, c.card_code, c.balance,
+             c.version, now, now, groups, c.opted_out, expiring),
+        )
+        return True
+    # The same version again is taken too: an ack may have brought the
+    # version with the balance alone, and this record has the rest.
+    if local[0] > c.version:
+        return False
+    profile_pending = conn.execute(
+        "SELECT 1 FROM outbox WHERE customer_id = ? AND status IS NULL "
+        "AND kind IN ('enroll', 'update_profile') LIMIT 1",
+        (c.customer_id,),
+    ).fetchone()
+    if profile_pending:
+        # Our own unconfirmed profile change is newer than this record.
+        conn.execute(
+            "UPDATE customers SET confirmed = ?, version = ?, expiring = ? WHERE customer_id = ?",
+            (c.balance, c.version, expiring, c.customer_id),
+        )
+    else:
+        conn.execute(
+            "UPDATE customers SET name = ?, name_key = ?, phone = ?, email = ?, card_code = ?, "
+            "confirmed = ?, version = ?, updated_at = ?, groups = ?, opted_out = ?, expiring = ? "
+            "WHERE customer_id = ?",
+            (c.name, name_key(c.name), c.phone, c.email, c.card_code, c.balance, c.version, now,
+             groups, c.opted_out, expiring, c.customer_id),
+        )
+    return True
 
 
 IDEMPOTENCY_KEEP_MS = 7 * 24 * 3600 * 1000

@@ -21,7 +21,7 @@ from protocol.sale import MAX_LINES, MAX_QUANTITY
 from protocol.validate import MAX_AMOUNT, MAX_POINTS
 
 from . import claim_api, sale_writes
-from .api_support import customer_id, now_ms, write
+from .api_support import live_customer_id, now_ms, write
 from .appkeys import STORE
 from .errors import InvalidInput, NotFound, StoreError, Unprocessable
 from .inputs import check_fields, get_int, get_object, get_str, read_json
@@ -83,7 +83,7 @@ async def earn(request: web.Request) -> web.Response:
                 raise Unprocessable("only a fully paid sale earns", code="sale_not_paid", field="state")
             amount = get_int(body, "amount", 1, MAX_AMOUNT)
             sale_id = str(get_str(body, "sale_id", 64))
-        who = customer_id(body.get("customer_id"))
+        who = live_customer_id(request, body.get("customer_id"))
         rating = request.app[STORE].rating(who)
         if sale is not None:
             points = compute_earn(sale, earning_rules(program), rating, now).total
@@ -115,7 +115,7 @@ async def quote(request: web.Request) -> web.Response:
     profile = None
     rating = RulesCustomer()
     if body.get("customer_id") is not None:
-        who = customer_id(body["customer_id"])
+        who = live_customer_id(request, body["customer_id"])
         profile = request.app[STORE].customer(who, now)
         rating = request.app[STORE].rating(who)
     breakdown = compute_earn(sale, earning_rules(program), rating, now)
@@ -207,7 +207,7 @@ async def redeem(request: web.Request) -> web.Response:
             op_id=uuid7(now),
             at=now,
             terminal_id=terminal_id,
-            customer_id=customer_id(body.get("customer_id")),
+            customer_id=live_customer_id(request, body.get("customer_id")),
             sale_id=sale_id,
             points=points,
             program_version=program.version,

@@ -27,6 +27,7 @@ from protocol.expiry import expired_by, expiring_soon
 
 from .db import connect, migrate
 from .errors import NotFound, StoreError
+from .merges import resolve
 from .writer import Writer
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,21 @@ def fetch_customer(conn: sqlite3.Connection, customer_id: str, now: int) -> dict
     return customer_json(row, now)
 
 
+def _live(conn: sqlite3.Connection, rows: list[tuple[Any, ...]], now: int) -> list[dict[str, Any]]:
+    """Found profiles (CUSTOMER_COLUMNS + merged_into), a merged one shown as its survivor, each once."""
+    found: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        if row[-1] is None:
+            profile = customer_json(row[:-1], now)
+        else:
+            try:
+                profile = fetch_customer(conn, resolve(conn, row[-1]), now)
+            except NotFound:  # the survivor comes with the downlink's next page
+                continue
+        found.setdefault(profile["customer_id"], profile)
+    return list(found.values())
+
+
 class EdgeStore:
     """Opens, migrates and owns the edge database."""
 
@@ -214,12 +230,17 @@ class EdgeStore:
         self._program = None
 
     def customer(self, customer_id: str, now: int | None = None) -> dict[str, Any]:
+        """The profile; a merged duplicate's id gives its survivor's."""
         at = now_ms() if now is None else now
-        return self.read(lambda c: fetch_customer(c, customer_id, at))
+        return self.read(lambda c: fetch_customer(c, resolve(c, customer_id), at))
+
+    def resolve(self, customer_id: str) -> str:
+        """The live profile's id: the survivor's when ``customer_id`` was merged into it."""
+        return self.read(lambda c: resolve(c, customer_id))
 
     def rating(self, customer_id: str) -> RulesCustomer:
         """The customer's groups and opt-out, as the earning rules see them."""
-        return self.read(lambda c: customer_rating(c, customer_id))
+        return self.read(lambda c: customer_rating(c, resolve(c, customer_id)))
 
     def find(self, by: str, value: str, limit: int, now: int | None = None) -> list[dict[str, Any]]:
         """Customers by an exact phone, email or card code, or by name prefix."""
@@ -227,19 +248,19 @@ class EdgeStore:
             if by == "name":
                 # Range scan on the name index; ranked by name then age, bounded.
                 rows = conn.execute(
-                    f"SELECT {CUSTOMER_COLUMNS} FROM customers WHERE name_key >= ? AND name_key < ? "
+                    f"SELECT {CUSTOMER_COLUMNS}, merged_into FROM customers WHERE name_key >= ? AND name_key < ? "
                     "ORDER BY name_key, created_at LIMIT ?",
                     (value, value + "\U0010ffff", limit),
                 ).fetchall()
             else:
                 column = {"phone": "phone", "email": "email", "code": "card_code"}[by]
                 rows = conn.execute(
-                    f"SELECT {CUSTOMER_COLUMNS} FROM customers WHERE {column} = ? "
+                    f"SELECT {CUSTOMER_COLUMNS}, merged_into FROM customers WHERE {column} = ? "
                     "ORDER BY created_at LIMIT ?",
                     (value, limit),
                 ).fetchall()
             at = now_ms() if now is None else now
-            return [customer_json(row, at) for row in rows]
+            return _live(conn, rows, at)
 
         return self.read(run)
 

@@ -89,8 +89,10 @@ def confirmed(conn: sqlite3.Connection, customer_id: str) -> int:
 def _check_unique(conn: sqlite3.Connection, customer_id: str, column: str, value: str | None) -> None:
     if value is None:
         return
+    # A merged profile's tombstone counts as its survivor: its own survivor may take the value back.
     row = conn.execute(
-        f"SELECT customer_id FROM customers WHERE {column} = ? AND customer_id != ?", (value, customer_id)
+        f"SELECT COALESCE(merged_into, customer_id) FROM customers WHERE {column} = ?"
+        " AND COALESCE(merged_into, customer_id) != ?", (value, customer_id)
     ).fetchone()
     if row is not None:
         field = "card_code" if column == "card_code" else column

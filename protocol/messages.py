@@ -191,7 +191,9 @@ class CustomerRecord:
     """A customer as the cloud knows it, with the confirmed balance.
 
     ``expiring`` is (expires_at, points) of the balance's upcoming expiries,
-    nearest first (see ``protocol.expiry.upcoming``).
+    nearest first (see ``protocol.expiry.upcoming``). ``merged_into`` names the
+    profile this one was merged into (a duplicate card code or phone): the
+    record is then a tombstone, and the edge folds it into that survivor.
     """
 
     customer_id: str
@@ -204,6 +206,7 @@ class CustomerRecord:
     groups: tuple[str, ...] = ()
     opted_out: bool = False
     expiring: tuple[tuple[int, int], ...] = ()
+    merged_into: str | None = None
     #: The processor's card token linked to the profile (``protocol.claims``), if any. On the
     #: wire only when set, so a record without a card encodes as it did before cards.
     card_token: str | None = None
@@ -221,6 +224,11 @@ class CustomerRecord:
         if self.erased and (self.name or self.phone or self.email or self.card_code):
             raise LocalProtocolError("an erased customer carries no personal data", code="invalid_value",
                                      field="erased")
+        if self.merged_into is not None:
+            _check_uuid("merged_into", self.merged_into)
+            if self.merged_into == self.customer_id:
+                raise LocalProtocolError("a profile cannot be merged into itself", code="invalid_value",
+                                         field="merged_into")
         check_text("name", self.name, 200)
         check_text("phone", self.phone, 32)
         check_text("email", self.email, 254)
@@ -244,7 +252,7 @@ class CustomerRecord:
 
 
 _RECORD_FIELDS = ("customer_id", "name", "phone", "email", "card_code", "balance", "version", "groups",
-                  "opted_out", "expiring")
+                  "opted_out", "expiring", "merged_into")
 
 
 def _customer_record(obj: object) -> CustomerRecord:

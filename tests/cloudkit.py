@@ -96,11 +96,20 @@ def any_uuid() -> str:
 TERMINAL = any_uuid()
 
 
-def enroll(customer_id: str | None = None, *, name: str = "Ada", phone: str | None = "+33600000000",
+_UNIQUE = object()
+
+
+def enroll(customer_id: str | None = None, *, name: str = "Ada", phone: str | object | None = _UNIQUE,
            op_id: str | None = None) -> Enroll:
+    """An enrollment; its phone is one no other customer has unless given (phones are unique in a
+    brand: two profiles with one phone are merged, see cloud/merges.py)."""
     at = now_ms()
+    customer_id = customer_id or any_uuid()
+    if phone is _UNIQUE:
+        phone = f"+336{int(uuid.UUID(customer_id)) % 10**8:08d}"
+    assert phone is None or isinstance(phone, str)
     return Enroll(
-        op_id=op_id or new_id(), at=at, terminal_id=TERMINAL, customer_id=customer_id or any_uuid(),
+        op_id=op_id or new_id(), at=at, terminal_id=TERMINAL, customer_id=customer_id,
         name=name, phone=phone, email=None, card_code=None,
         consent=Consent(True, ("phone",), "pos", "staff-1", at),
     )

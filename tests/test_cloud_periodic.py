@@ -1,20 +1,18 @@
 """The periodic job on each backend: the integrity audit (balances and batch
-chains, from a checkpoint), the liability snapshot, silent stores and the
-hooks for expiry and merges; every step safe to run twice."""
+chains, from a checkpoint), the liability snapshot, silent stores, expiry
+and merges; every step safe to run twice."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from cloud.model import CLOUD_ORIGIN
 from cloud.periodic import StepResult, run_periodic, utc_day
 from cloud.reports import parse_query, run_report
-from cloud.sqlite_storage import SQLiteStorage
 
 from . import cloudkit as k
 
@@ -50,7 +48,7 @@ async def test_a_sound_ledger_passes_and_the_snapshot_counts_brands_and_stores(c
     assert all(r.ok for r in first.values()), first
     assert first["audit_chains"].detail == {"batches_checked": 4, "problems": []}
     assert first["expire_points"].detail["points_expired"] == 0  # no expiry in this program
-    assert first["merge_duplicates"].detail["skipped"].startswith("merging duplicate profiles is not in this")
+    assert first["merge_duplicates"].detail == {"collisions": 0, "merged": 0, "merges": []}
     snapshot = first["liability_snapshot"].detail
     assert snapshot["day"] == utc_day(now)
     # acme: 100 - 30 + 7 + 20 - 5 = 92 points, 92 * 5 // 2 = 230; zeta's program gives points no value
@@ -126,28 +124,6 @@ async def test_stores_not_heard_from_are_logged_and_listed(cloud: k.Cloud, caplo
     assert "store store-z (zeta) not heard from in 25" in caplog.text
     quieter = by_step(await run_periodic(cloud.storage, now + 25 * HOUR, silent_hours=48))
     assert quieter["silent_stores"].detail["silent"] == []
-
-
-class MergingStorage(SQLiteStorage):
-    """A ledger that has the merge step the identity work will add (records its calls here)."""
-
-    calls: list[int]
-
-    async def run_merges(self, now: int) -> dict[str, Any]:
-        self.calls.append(now)
-        return {"merged": 0}
-
-
-async def test_the_merge_hook_runs_when_the_storage_has_it(tmp_path: Path) -> None:
-    storage = MergingStorage(tmp_path / "ledger.sqlite3")
-    storage.calls = []
-    await storage.open(k.now_ms())
-    try:
-        results = by_step(await run_periodic(storage, 1_700_000_000_000))
-    finally:
-        await storage.close()
-    assert storage.calls == [1_700_000_000_000]
-    assert results["merge_duplicates"] == StepResult("merge_duplicates", True, {"result": {"merged": 0}})
 
 
 async def test_expiry_runs_in_the_job_once(cloud: k.Cloud) -> None:
