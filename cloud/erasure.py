@@ -200,7 +200,20 @@ class ErasureLedger:
     ) -> ErasureRecord:
         check_erasure(actor, reason)
         async with self._write() as q:
+            # One person, every profile: a merged duplicate's id means its survivor, and the
+            # tombstones merged into the survivor keep identifiers of their own (cloud.merges).
+            alias = await q.fetch("SELECT merged_into FROM customers WHERE customer_id = $1 AND brand_id = $2",
+                                  customer_id, brand_id)
+            if alias and alias[0][0] is not None:
+                customer_id = alias[0][0]
+            tombstones = [r[0] for r in await q.fetch(
+                "SELECT customer_id FROM customers WHERE merged_into = $1 AND erased_at IS NULL", customer_id)]
+            await lock_customers(q, [customer_id, *tombstones])  # all first: the counter is locked last
             record = await erase(q, brand_id, customer_id, actor, reason, operator_id, now, contact_hashes)
+            for tombstone in tombstones:
+                await erase(q, brand_id, tombstone, actor, reason, operator_id, now)
+            if tombstones:
+                record.scrubbed["merged_profiles"] = len(tombstones)
         await self.reclaim(TOUCHED_TABLES)
         log.info("customer %s of brand %s erased (version %d): %s", customer_id, brand_id, record.version,
                  record.scrubbed)

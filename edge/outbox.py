@@ -200,8 +200,7 @@ def apply_downlink(downlink: Downlink, now: int) -> Job[bool]:
         for c in downlink.customers:
             if c.erased:
                 scrub_customer(conn, c, now)
-                continue
-            if _take_customer(conn, c, now):
+            elif _take_customer(conn, c, now):
                 apply_cloud_link(conn, c.customer_id, c.card_token, now)
             if c.merged_into is not None:
                 fold(conn, c.customer_id, c.merged_into)

@@ -306,3 +306,18 @@ async def test_merges_and_reconcilers_at_once_on_postgres(ledger: Ledger, pg: k.
                                                f" ('{older}', '{newer}')"))
     assert rows == {older: 2200, newer: 0}
     assert await ledger.storage.audit_balances() == []
+
+
+async def test_erasing_a_merged_person_erases_every_profile_of_theirs(cloud: k.Cloud) -> None:
+    older, newer = await two_profiles_one_card(cloud)
+    # The tombstone kept its own phone (the survivor had one): it must go with the person.
+    assert await rows(cloud, f"SELECT phone FROM customers WHERE customer_id = '{newer}'") == [("+33622222222",)]
+    record = await cloud.storage.erase_customer(k.BRAND, newer, "privacy desk", "request 12", k.now_ms())
+    assert record.customer_id == older  # the duplicate's id names its survivor
+    assert record.scrubbed["merged_profiles"] == 1
+    left = await rows(cloud, "SELECT customer_id, name, phone, email, card_code, erased_at IS NOT NULL FROM customers"
+                             f" WHERE customer_id IN ('{older}', '{newer}') ORDER BY customer_id")
+    assert sorted(left) == sorted([(older, "", None, None, None, True), (newer, "", None, None, None, True)])
+    assert (await cloud.storage.get_customer(older)).balance == 130  # type: ignore[union-attr]
+    downlink, _ = await cloud.pull(cloud.stores["store-a"])
+    assert {c.customer_id for c in downlink.customers if c.erased} == {older, newer}
