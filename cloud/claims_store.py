@@ -22,7 +22,9 @@ from protocol.rules import earning_rules
 
 from .balances import lock_customers, take_versions
 from .claims_model import CLAIMABLE_COLUMNS, PORTAL_ORIGIN, ClaimableSale, ClaimRows, ClaimState, PortalClaim
+from .engagement_store import insert_messages
 from .errors import Refused
+from .messages import earned_messages
 from .model import program_from_row
 from .sql import Session, one
 
@@ -115,6 +117,10 @@ async def portal_claim(q: Session, brand_id: str, code_hash: str, customer_id: s
             " VALUES ($1, $2, $3, $4, 'earn', $5, $6)",
             customer_id, op_id, sale_row.store_id, sale_row.sale_id, points, now,
         )
+    if points > 0:  # as a claim at a till would: the points-earned message, and any reward reached
+        rewards = () if program is None else program.options.rewards
+        await insert_messages(q, earned_messages(brand_id, customer_id, op_id, customer.balance,
+                                                 customer.balance + points, now, rewards))
     basis = EarnBasis(sale, sale_row.program_version, sale_row.at, rating).to_bytes()
     await q.fetch(
         "INSERT INTO sales (store_id, sale_id, customer_id, earned, redeemed, basis) VALUES ($1, $2, $3, $4, 0, $5)"

@@ -179,6 +179,13 @@ async def merge_pair(q: Session, collision: Collision, survivor_id: str, duplica
         " card_code = $6 WHERE customer_id = $7",
         duplicate.balance, first + 1, now, taken["phone"], taken["email"], taken["card_code"], survivor_id,
     )
+    # A card linked to the duplicate follows the person, unless the survivor has a card of its
+    # own (a profile holds one card); the survivor's new version carries it down to the edges.
+    await q.fetch(
+        "UPDATE card_links SET customer_id = $1 WHERE customer_id = $2"
+        " AND NOT EXISTS (SELECT 1 FROM card_links WHERE customer_id = $1)", survivor_id, duplicate_id)
+    await q.fetch("DELETE FROM card_links WHERE customer_id = $1", duplicate_id)
+    await q.fetch("DELETE FROM card_streaks WHERE customer_id = $1", duplicate_id)
     # Tombstones of the duplicate now name the survivor: every merged id resolves in one step.
     await q.fetch("UPDATE customers SET merged_into = $1 WHERE merged_into = $2", survivor_id, duplicate_id)
     record = MergeRecord(merge_id, collision.brand_id, survivor_id, duplicate_id, collision.reason,

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from protocol import Program
+from protocol.rewards import Reward
 
 from .engagement_model import Channel, ConsentRecord, MessageContact, MessageKind, OutboxMessage, PortalEnrollment
 from .model import BatchOutcome, CustomerState, LedgerEntry
@@ -96,18 +98,24 @@ def batch_effects(outcome: BatchOutcome, program: Program | None) -> BatchEffect
         if entry.kind != _EARN or entry.points <= 0:
             continue
         brand_id = customers[entry.customer_id].brand_id
-        messages.append(OutboxMessage(
-            f"earned:{entry.op_id}", brand_id, entry.customer_id, MessageKind.POINTS_EARNED,
-            _json({"points": entry.points, "balance": after}), entry.at,
-        ))
-        reached = [r for r in rewards if before < r.points <= after]
-        if reached:
-            messages.append(OutboxMessage(
-                f"reward:{entry.op_id}", brand_id, entry.customer_id, MessageKind.REWARD_REACHED,
-                _json({"balance": after, "rewards": [{"name": r.name, "points": r.points} for r in reached]}),
-                entry.at,
-            ))
+        messages.extend(earned_messages(brand_id, entry.customer_id, entry.op_id, before, after, entry.at, rewards))
     return BatchEffects(tuple(messages), tuple(consents))
+
+
+def earned_messages(brand_id: str, customer_id: str, op_id: str, before: int, after: int, at: int,
+                    rewards: Sequence[Reward]) -> list[OutboxMessage]:
+    """Points earned (``after - before``), and the rewards the new balance reaches, if any."""
+    messages = [OutboxMessage(
+        f"earned:{op_id}", brand_id, customer_id, MessageKind.POINTS_EARNED,
+        _json({"points": after - before, "balance": after}), at,
+    )]
+    reached = [r for r in rewards if before < r.points <= after]
+    if reached:
+        messages.append(OutboxMessage(
+            f"reward:{op_id}", brand_id, customer_id, MessageKind.REWARD_REACHED,
+            _json({"balance": after, "rewards": [{"name": r.name, "points": r.points} for r in reached]}), at,
+        ))
+    return messages
 
 
 @dataclass(frozen=True, slots=True)

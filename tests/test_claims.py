@@ -8,6 +8,7 @@ edge and on the portal ends with one earn and a conflict."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,11 @@ async def test_a_customer_claims_on_the_portal(tmp_path: Path, backend: k.Backen
         assert browser.status == 200 and 'id="claimed"' in browser.html, browser.html
         assert f"You earned {POINTS} points" in browser.html
         assert await cloud_balance(portal.cloud, ada) == POINTS
+        earned = await portal.cloud.backend.rows(
+            portal.cloud.db_path,
+            f"SELECT kind, data FROM messages WHERE customer_id = '{ada}' AND kind = 'points_earned'")
+        assert [(kind, json.loads(data)) for kind, data in earned] == [
+            ("points_earned", {"points": POINTS, "balance": POINTS})]
         await browser.post(f"/portal/{k.BRAND}/claim", {"code": code})
         assert browser.status == 409 and "already claimed" in browser.html
         await browser.post(f"/portal/{k.BRAND}/claim", {"code": "ZZZZ-ZZZZ-ZZZZ-ZZZZ"})

@@ -321,3 +321,19 @@ async def test_erasing_a_merged_person_erases_every_profile_of_theirs(cloud: k.C
     assert (await cloud.storage.get_customer(older)).balance == 130  # type: ignore[union-attr]
     downlink, _ = await cloud.pull(cloud.stores["store-a"])
     assert {c.customer_id for c in downlink.customers if c.erased} == {older, newer}
+
+
+async def test_a_card_linked_to_the_duplicate_follows_the_person(cloud: k.Cloud) -> None:
+    from .test_cloud_erasure import card_earn
+
+    older, newer = k.any_uuid(), k.any_uuid()
+    await cloud.send(cloud.stores["store-a"], [enroll(older, card="CARD-9", age_ms=60_000)])
+    await cloud.send(cloud.stores["store-b"], [enroll(newer, card="CARD-9"), card_earn(newer, "s-1", "tok_dup_1"),
+                                               card_earn(newer, "s-2", "tok_dup_1")])
+    await merges_done(cloud, 1)
+    assert await rows(cloud, "SELECT token, customer_id FROM card_links") == [("tok_dup_1", older)]
+    assert await rows(cloud, f"SELECT COUNT(*) FROM card_streaks WHERE customer_id = '{newer}'") == [(0,)]
+    downlink, _ = await cloud.pull(cloud.stores["store-a"])
+    survivor = next(c for c in downlink.customers if c.customer_id == older)
+    assert survivor.card_token == "tok_dup_1"
+    assert next(c for c in downlink.customers if c.customer_id == newer).card_token is None
