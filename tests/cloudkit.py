@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import subprocess
+import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -301,6 +303,19 @@ class Backend:
 
     def storage(self, data_dir: Path) -> Storage:
         return make_storage(self.dsn, DataDir(data_dir))
+
+    def cli(self, data_dir: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+        """``run(*args, expect=0, stdin=None)``: the real ``loyalty-cloud`` on this ledger, its
+        exit status checked (``--data`` and ``--dsn`` added after the verb's own arguments)."""
+        exe = str(Path(sys.executable).with_name("loyalty-cloud"))
+
+        def run(*args: str | Path, expect: int = 0, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+            proc = subprocess.run([exe, *map(str, args), "--data", str(data_dir), *self.cli_args],
+                                  capture_output=True, text=True, input=stdin, timeout=60, check=False)
+            assert proc.returncode == expect, (proc.stdout, proc.stderr)
+            return proc
+
+        return run
 
     async def rows(self, db_path: Path, sql: str) -> list[tuple[Any, ...]]:
         """Rows read directly (sqlite3 or a plain asyncpg connection), not through the code under test."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -10,11 +11,36 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
+from .edgekit import Terminal
+
 BIN = Path(sys.executable).parent
+
+
+async def eventually(check: Callable[[], Awaitable[bool] | bool], limit: float = 40.0, what: str = "") -> None:
+    """Poll ``check`` (sync or async) until it is true; fail after ``limit`` seconds."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        result = check()
+        if await result if isinstance(result, Awaitable) else result:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def paired(session: aiohttp.ClientSession, edge: EdgeProcess, base: str | None = None) -> Terminal:
+    """A terminal paired with the real edge process (through ``base``, its URL by default)."""
+    base = base or edge.url
+    async with session.post(base + "/v1/pair", json={"code": edge.pairing_code(), "name": "till"}) as response:
+        data = await response.json()
+        assert response.status == 201, data
+    return Terminal(session, base, data["token"])
 
 
 def free_port() -> int:

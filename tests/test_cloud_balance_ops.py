@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -188,13 +186,10 @@ async def test_adjustments_over_the_admin_api(cloud: k.Cloud) -> None:
 
 
 def test_the_cli_adjusts_expires_and_lists(tmp_path: Path, backend: k.Backend) -> None:
-    env_dsn = () if backend.dsn is None else ("--dsn", backend.dsn)
-    cli = str(Path(sys.executable).with_name("loyalty-cloud"))
+    cli = backend.cli(tmp_path / "data")
 
     def run(*args: str, expect: int = 0) -> str:
-        proc = subprocess.run([cli, *args, "--data", str(tmp_path / "data"), *env_dsn], capture_output=True,
-                              text=True, timeout=60, check=False)
-        assert proc.returncode == expect, proc.stderr
+        proc = cli(*args, expect=expect)
         return proc.stdout if expect == 0 else proc.stderr
 
     run("init")

@@ -9,8 +9,6 @@ import csv
 import dataclasses
 import io
 import json
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -293,15 +291,8 @@ async def test_csv_over_the_admin_api(cloud: k.Cloud, monkeypatch: pytest.Monkey
 
 
 def test_the_cli_imports_exports_and_refuses(tmp_path: Path, backend: k.Backend) -> None:
-    exe = str(Path(sys.executable).with_name("loyalty-cloud"))
-    dsn = () if backend.dsn is None else ("--dsn", backend.dsn)
     data = tmp_path / "data"
-
-    def run(*args: str | Path, expect: int = 0, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([exe, *map(str, args), "--data", str(data), *dsn], capture_output=True, text=True,
-                              input=stdin, timeout=60, check=False)
-        assert proc.returncode == expect, (proc.stdout, proc.stderr)
-        return proc
+    run = backend.cli(data)
 
     run("init")
     run("brand", "add", "acme", "--name", "Acme")

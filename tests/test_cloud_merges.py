@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -237,13 +235,10 @@ async def test_merged_points_keep_their_expiry_dates(cloud: k.Cloud) -> None:
 
 
 def test_the_cli_lists_the_merges(tmp_path: Path, backend: k.Backend) -> None:
-    env_dsn = () if backend.dsn is None else ("--dsn", backend.dsn)
-    cli = str(Path(sys.executable).with_name("loyalty-cloud"))
+    cli = backend.cli(tmp_path / "data")
 
     def run(*args: str, expect: int = 0) -> str:
-        proc = subprocess.run([cli, *args, "--data", str(tmp_path / "data"), *env_dsn], capture_output=True,
-                              text=True, timeout=60, check=False)
-        assert proc.returncode == expect, proc.stderr
+        proc = cli(*args, expect=expect)
         return proc.stdout if expect == 0 else proc.stderr
 
     run("init")

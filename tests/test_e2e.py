@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +15,12 @@ import pytest
 from edge.discovery import discover_edges
 
 from .edgekit import Terminal
-from .processkit import CloudProcess, EdgeProcess, cli
+from .processkit import CloudProcess, EdgeProcess, cli, eventually, paired
 
 RUN = uuid.uuid4().hex[:8]  # store names are advertised on the shared loopback: keep ours apart
 
 pytestmark = pytest.mark.slow
 
-
-async def eventually(check: Callable[[], Awaitable[bool]], limit: float = 40.0, what: str = "") -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
@@ -36,13 +28,6 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
 
-
-async def paired(session: aiohttp.ClientSession, edge: EdgeProcess, base: str | None = None) -> Terminal:
-    base = base or edge.url
-    async with session.post(base + "/v1/pair", json={"code": edge.pairing_code(), "name": "till"}) as response:
-        data = await response.json()
-        assert response.status == 201, data
-    return Terminal(session, base, data["token"])
 
 
 async def has_program(session: aiohttp.ClientSession, edge: EdgeProcess) -> bool:

@@ -12,12 +12,11 @@ output or status page (cloud logs in JSON, one edge in text, the other in JSON, 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -26,8 +25,7 @@ import pytest
 
 from protocol.sale import looks_like_card_number
 
-from .edgekit import Terminal
-from .processkit import CloudProcess, EdgeProcess, cli
+from .processkit import CloudProcess, EdgeProcess, cli, eventually, paired
 
 pytestmark = pytest.mark.slow
 RUN = uuid.uuid4().hex[:8]
@@ -47,26 +45,12 @@ TOKENS = {"erased": "tok_ophelia_001", "kept1": "tok_tiberius_002", "kept2": "to
 NEW_PHONE = "+15145557399"  # the erased customer's phone, changed at the second edge before the erasure
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], what: str, limit: float = 60.0) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
 
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
 
-
-async def paired(session: aiohttp.ClientSession, edge: EdgeProcess) -> Terminal:
-    async with session.post(edge.url + "/v1/pair", json={"code": edge.pairing_code(), "name": "till"}) as response:
-        data = await response.json()
-        assert response.status == 201, data
-    return Terminal(session, edge.url, data["token"])
 
 
 def sale(sale_id: str, token: str) -> dict[str, object]:
@@ -139,7 +123,7 @@ async def test_privacy_scan(tmp_path: Path, session: aiohttp.ClientSession) -> N
             status, _ = await tb.call("GET", f"/v1/customers/{ids['erased']}")
             return status == 200
 
-        await eventually(at_b, "the customers to reach the second edge")
+        await eventually(at_b, 60, "the customers to reach the second edge")
         status, data = await tb.call("PATCH", f"/v1/customers/{ids['erased']}", {"phone": NEW_PHONE})
         assert status == 200, data
 
@@ -151,12 +135,12 @@ async def test_privacy_scan(tmp_path: Path, session: aiohttp.ClientSession) -> N
             kinds = [json.loads(line)["kind"] for line in messages.read_text().splitlines() if line.endswith("}")]
             return kinds.count("welcome") >= len(PEOPLE)
 
-        await eventually(delivered, "the welcome messages to be sent by the file sender")
+        await eventually(delivered, 60, "the welcome messages to be sent by the file sender")
 
         async def profile_synced() -> bool:
             return cloud.query("SELECT phone FROM customers WHERE customer_id = ?", ids["erased"]) == [(NEW_PHONE,)]
 
-        await eventually(profile_synced, "the second edge's profile change to reach the cloud")
+        await eventually(profile_synced, 60, "the second edge's profile change to reach the cloud")
 
         outputs.append(cli("loyalty-cloud", "customer", "erase", "acme", ids["erased"], "--actor", "Privacy desk",
                            "--reason", "request R-1", "--data", str(cloud.data)))
@@ -165,7 +149,7 @@ async def test_privacy_scan(tmp_path: Path, session: aiohttp.ClientSession) -> N
             return all(edge.query("SELECT erased_at IS NOT NULL FROM customers WHERE customer_id = ?",
                                   ids["erased"]) == [(1,)] for edge in (a, b))
 
-        await eventually(scrubbed, "both edges to scrub the erased customer")
+        await eventually(scrubbed, 60, "both edges to scrub the erased customer")
         status, data = await ta.call("GET", f"/v1/customers/{ids['erased']}")
         assert status == 200 and data["name"] == "" and data["phone"] is None and data["balance"]["confirmed"] == 9
 

@@ -11,7 +11,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -20,20 +20,10 @@ import pytest
 from edge.config import load_config
 from protocol import MessageType, decode_batch, key_id_for, open_envelope, private_key_from_seed
 
-from .edgekit import Terminal
-from .processkit import BIN, CloudProcess, EdgeProcess, cli
+from .processkit import BIN, CloudProcess, EdgeProcess, cli, eventually, paired
 
 pytestmark = pytest.mark.slow
 
-
-async def eventually(check: Callable[[], Awaitable[bool] | bool], limit: float = 40.0, what: str = "") -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        result = check()
-        if await result if isinstance(result, Awaitable) else result:
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
@@ -42,12 +32,6 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
         yield session
 
-
-async def paired(session: aiohttp.ClientSession, edge: EdgeProcess) -> Terminal:
-    async with session.post(edge.url + "/v1/pair", json={"code": edge.pairing_code(), "name": "till"}) as response:
-        data = await response.json()
-        assert response.status == 201, data
-    return Terminal(session, edge.url, data["token"])
 
 
 def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
