@@ -317,6 +317,16 @@ class Backend:
 
         return run
 
+    def cli_text(self, data_dir: Path) -> Callable[..., str]:
+        """As :meth:`cli`, answering the output: stdout, or stderr when a failure is expected."""
+        cli = self.cli(data_dir)
+
+        def run(*args: str | Path, expect: int = 0) -> str:
+            proc = cli(*args, expect=expect)
+            return proc.stdout if expect == 0 else proc.stderr
+
+        return run
+
     async def rows(self, db_path: Path, sql: str) -> list[tuple[Any, ...]]:
         """Rows read directly (sqlite3 or a plain asyncpg connection), not through the code under test."""
         if self.dsn is not None:

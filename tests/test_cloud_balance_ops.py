@@ -186,11 +186,7 @@ async def test_adjustments_over_the_admin_api(cloud: k.Cloud) -> None:
 
 
 def test_the_cli_adjusts_expires_and_lists(tmp_path: Path, backend: k.Backend) -> None:
-    cli = backend.cli(tmp_path / "data")
-
-    def run(*args: str, expect: int = 0) -> str:
-        proc = cli(*args, expect=expect)
-        return proc.stdout if expect == 0 else proc.stderr
+    run = backend.cli_text(tmp_path / "data")
 
     run("init")
     run("brand", "add", "acme", "--name", "Acme")

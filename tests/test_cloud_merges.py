@@ -235,11 +235,7 @@ async def test_merged_points_keep_their_expiry_dates(cloud: k.Cloud) -> None:
 
 
 def test_the_cli_lists_the_merges(tmp_path: Path, backend: k.Backend) -> None:
-    cli = backend.cli(tmp_path / "data")
-
-    def run(*args: str, expect: int = 0) -> str:
-        proc = cli(*args, expect=expect)
-        return proc.stdout if expect == 0 else proc.stderr
+    run = backend.cli_text(tmp_path / "data")
 
     run("init")
     run("brand", "add", "acme", "--name", "Acme")
