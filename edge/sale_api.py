@@ -21,7 +21,7 @@ from protocol.sale import MAX_LINES, MAX_QUANTITY
 from protocol.validate import MAX_AMOUNT, MAX_POINTS
 
 from . import claim_api, sale_writes
-from .api_support import live_customer_id, now_ms, write
+from .api_support import customer_id, live_customer_id, now_ms, write
 from .appkeys import STORE
 from .errors import InvalidInput, NotFound, StoreError, Unprocessable
 from .inputs import check_fields, get_int, get_object, get_str, read_json
@@ -83,8 +83,7 @@ async def earn(request: web.Request) -> web.Response:
                 raise Unprocessable("only a fully paid sale earns", code="sale_not_paid", field="state")
             amount = get_int(body, "amount", 1, MAX_AMOUNT)
             sale_id = str(get_str(body, "sale_id", 64))
-        who = live_customer_id(request, body.get("customer_id"))
-        rating = request.app[STORE].rating(who)
+        who, rating = request.app[STORE].live_rating(customer_id(body.get("customer_id")))
         if sale is not None:
             points = compute_earn(sale, earning_rules(program), rating, now).total
         else:

@@ -240,7 +240,22 @@ class EdgeStore:
 
     def rating(self, customer_id: str) -> RulesCustomer:
         """The customer's groups and opt-out, as the earning rules see them."""
-        return self.read(lambda c: customer_rating(c, resolve(c, customer_id)))
+        return self.live_rating(customer_id)[1]
+
+    def live_rating(self, customer_id: str) -> tuple[str, RulesCustomer]:
+        """The live profile's id (the survivor's for a merged one) and its rating: one indexed read
+        for a profile that was never merged (the earn path's only read before its write)."""
+        def run(conn: sqlite3.Connection) -> tuple[str, RulesCustomer]:
+            row = conn.execute("SELECT merged_into, groups, opted_out FROM customers WHERE customer_id = ?",
+                               (customer_id,)).fetchone()
+            if row is None:
+                raise NotFound("no customer with this id", code="unknown_customer", field="customer_id")
+            if row[0] is None:
+                return customer_id, rated_as(row[1], row[2])
+            live = resolve(conn, row[0])
+            return live, customer_rating(conn, live)
+
+        return self.read(run)
 
     def find(self, by: str, value: str, limit: int, now: int | None = None) -> list[dict[str, Any]]:
         """Customers by an exact phone, email or card code, or by name prefix."""
