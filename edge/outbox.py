@@ -261,6 +261,7 @@ def _take_customer(conn: sqlite3.Connection, c: CustomerRecord, now: int) -> boo
 
 IDEMPOTENCY_KEEP_MS = 7 * 24 * 3600 * 1000
 ACKED_KEEP_MS = 30 * 24 * 3600 * 1000
+CLAIM_ATTEMPTS_KEEP_MS = 24 * 3600 * 1000
 
 
 def prune(now: int) -> Job[dict[str, int]]:
@@ -268,7 +269,9 @@ def prune(now: int) -> Job[dict[str, int]]:
 
     Idempotency answers are kept a week (far beyond any terminal's retries),
     acknowledged ops and batches a month. The newest batch always stays: the
-    next batch chains to its hash.
+    next batch chains to its hash. A receipt's claim record goes a month after
+    its code expired (a claim is refused by then anyway: ``claim_expired``
+    until it goes, ``unknown_code`` after), and refused-claim counters after a day.
     """
 
     def job(conn: sqlite3.Connection) -> dict[str, int]:
@@ -280,6 +283,8 @@ def prune(now: int) -> Job[dict[str, int]]:
             "DELETE FROM batches WHERE acked_at < ? AND seq < (SELECT MAX(seq) FROM batches)",
             (now - ACKED_KEEP_MS,),
         ).rowcount
-        return {"idempotency_keys": keys, "ops": ops, "batches": batches}
+        claims = conn.execute("DELETE FROM claims WHERE expires_at < ?", (now - ACKED_KEEP_MS,)).rowcount
+        conn.execute("DELETE FROM claim_attempts WHERE window_start < ?", (now - CLAIM_ATTEMPTS_KEEP_MS,))
+        return {"idempotency_keys": keys, "ops": ops, "batches": batches, "claims": claims}
 
     return job

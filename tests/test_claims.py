@@ -84,6 +84,23 @@ async def test_a_cashier_claims_a_receipt_once_and_a_guess_or_a_second_claim_is_
         assert await portal.cloud.storage.list_mismatches() == []
 
 
+async def test_pruning_forgets_a_receipt_a_month_after_its_code_expired(tmp_path: Path, backend: k.Backend) -> None:
+    from edge.outbox import ACKED_KEEP_MS, prune
+
+    async with shops(tmp_path, backend) as (_portal, (shop,)):
+        ada = await shop.enroll("Ada", "+15145550209")
+        receipt = await unclaimed(shop, "p1")
+        store = shop.app[STORE]
+        expires = receipt["claim"]["expires_at"]
+        assert (await store.write(prune(expires + ACKED_KEEP_MS - 1)))["claims"] == 0
+        shop.clock.offset_ms = 31 * DAY_MS
+        status, late = await claim_at(shop, receipt["claim"]["code"], ada)
+        assert (status, late["error"]["code"]) == (410, "claim_expired")  # still known: refused as expired
+        assert (await store.write(prune(expires + ACKED_KEEP_MS + 1)))["claims"] == 1
+        status, gone = await claim_at(shop, receipt["claim"]["code"], ada)
+        assert (status, gone["error"]["code"]) == (404, "unknown_code")
+
+
 async def test_a_claim_after_the_window_is_refused_at_the_terminal(tmp_path: Path, backend: k.Backend) -> None:
     async with shops(tmp_path, backend) as (portal, (shop,)):
         ada = await shop.enroll("Ada", "+15145550202")

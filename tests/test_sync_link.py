@@ -149,7 +149,7 @@ async def test_pruning_keeps_the_chain_and_forgets_old_rows(tmp_path: Path, clou
         await edge.sync_until_drained()
         later = edge.now() + ACKED_KEEP_MS + 1
         pruned = await edge.store.write(prune(later))
-        assert pruned == {"idempotency_keys": 3, "ops": 3, "batches": 1}
+        assert pruned == {"idempotency_keys": 3, "ops": 3, "batches": 1, "claims": 0}
         assert edge.balance(customer)["confirmed"] == 10  # balances are not ops: nothing lost
         await edge.earn(customer, "new-1", 500)
         await edge.sync_until_drained()  # the next batch still chains to the kept newest one
