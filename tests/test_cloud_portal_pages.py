@@ -106,3 +106,46 @@ async def test_a_member_signs_in_and_sees_points_expiring(tmp_path: Path, backen
         assert await browser.text("#consent-status-email") == "on"
         assert "no text messages (sms) address on file" in await browser.text("#consent-row-phone")
         await shot(browser, tmp_path, "member.png")
+
+
+async def test_a_member_claims_a_receipt_from_its_qr_code(tmp_path: Path, backend: k.Backend) -> None:
+    from protocol import UnclaimedSale, uuid7
+    from protocol.claim_ops import NO_CUSTOMER
+    from protocol.claims import DAY_MS, claim_url, code_hash, new_code
+
+    from .test_cloud_erasure import card_sale
+
+    async with portal_cloud(tmp_path, backend) as portal, chromium(tmp_path) as browser:
+        cloud = portal.cloud
+        cid, code, now = k.any_uuid(), new_code(), k.now_ms()
+        receipt = UnclaimedSale(op_id=uuid7(now), at=now, terminal_id=k.TERMINAL, customer_id=NO_CUSTOMER,
+                                sale_id="r-qr", amount=1000, program_version=1, sale=card_sale("r-qr", "tok_qr"),
+                                claim_hash=code_hash(code), expires_at=now + 30 * DAY_MS)
+        await cloud.send(cloud.stores["store-a"], [enroll_with(cid, email="ada@example.org", channels=("email",)),
+                                                   k.earn(cid, "s1", 45), receipt])
+        base = str(cloud.client.make_url("/")).rstrip("/")
+        qr = claim_url(base, k.BRAND, code)
+        await browser.open(qr)  # scanned before signing in: the page says what to do
+        assert "Sign in (or join) first" in await browser.text("body") and not await browser.exists("#code")
+        await browser.open(f"{base}/portal/{k.BRAND}")
+        await browser.type("#signin-contact", "ada@example.org")
+        await browser.click("#signin button")
+        await browser.wait_for("#code")
+        await browser.type("#code", portal.last_code())
+        await browser.click("#verify button")
+        await browser.wait_for("#balance")
+        await browser.open(qr)
+        await browser.wait_for("#claim")
+        page = parse(await browser.source())
+        assert "script" not in page.tags and "img" not in page.tags
+        await browser.click("#claim button")
+        await browser.wait_for("#claimed")
+        claimed = await browser.text("#claimed")
+        points = (await cloud.storage.get_customer(cid)).balance - 45  # type: ignore[union-attr]
+        assert points > 0 and claimed == f"You earned {points} points. Your balance is {45 + points} points."
+        await shot(browser, tmp_path, "claimed.png")
+        await browser.open(qr)  # the same receipt again: refused, and nothing changes
+        await browser.click("#claim button")
+        await browser.wait_for("#error")
+        assert "already claimed" in await browser.text("#error")
+        assert (await cloud.storage.get_customer(cid)).balance == 45 + points  # type: ignore[union-attr]
