@@ -128,7 +128,8 @@ def wrk(script: str, url: str, connections: int, seconds: int, env: dict[str, st
 def pyload(mode: str, url: str, connections: int, seconds: int, token: str, customers: int, run: str) -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "pyload.py"), "--url", url, "--mode", mode, "--conns", str(connections),
-         "--seconds", str(seconds), "--token", token, "--customers", str(customers), "--run", run],
+         # --token=: a token may start with "-" (URL-safe base64), which argparse would take for an option
+         "--seconds", str(seconds), f"--token={token}", "--customers", str(customers), "--run", run],
         capture_output=True, text=True, timeout=seconds + 60, check=True,
     )
     data: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
