@@ -13,6 +13,8 @@ from .inputs import check_fields, get_int, get_str
 
 LINE_FIELDS = {"line_id", "sku", "quantity", "unit_price"}
 LINE_OPTIONAL = {"category", "line_discount", "tax"}
+_TENDER_KINDS = frozenset(k.value for k in TenderKind)
+_SALE_STATES = frozenset(s.value for s in SaleState)
 
 
 def _list(body: dict[str, Any], name: str, limit: int) -> list[dict[str, Any]]:
@@ -47,7 +49,7 @@ def parse_sale(body: dict[str, Any]) -> Sale:
         try:
             check_fields(raw, {"kind", "amount"}, {"card_token"})
             kind = get_str(raw, "kind", 16)
-            if kind not in {k.value for k in TenderKind}:
+            if kind not in _TENDER_KINDS:
                 raise InvalidInput("kind must be cash, card, gift_card or loyalty", code="invalid_value",
                                    field="kind")
             tenders.append(Tender(TenderKind(kind), get_int(raw, "amount", 1, MAX_AMOUNT),
@@ -55,7 +57,7 @@ def parse_sale(body: dict[str, Any]) -> Sale:
         except (InvalidInput, ProtocolError) as exc:
             raise InvalidInput(exc.message, code=exc.code, field=f"tenders[{index}].{exc.field}") from exc
     state = get_str(body, "state", 16)
-    if state not in {s.value for s in SaleState}:
+    if state not in _SALE_STATES:
         raise InvalidInput("state must be open, paid or closed", code="invalid_value", field="state")
     return Sale(
         sale_id=str(get_str(body, "sale_id", 64)),
