@@ -56,6 +56,12 @@ def require_ledger(args: argparse.Namespace, data: DataDir) -> None:
         )
 
 
+def on_ledger(args: argparse.Namespace, data: DataDir, action: Callable[[Storage], Awaitable[T]]) -> T:
+    """Run ``action`` on an initialised ledger (no signing key needed: it may live in a credential)."""
+    require_ledger(args, data)
+    return with_storage(args, data, action)
+
+
 def signing_key(args: argparse.Namespace, data: DataDir) -> tuple[CloudKey, Path]:
     """The cloud key (``--key-file``, else the data directory's) and where it was read."""
     if args.key_file is None:

@@ -15,20 +15,17 @@ database fails.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import json
 import os
-import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from .app import wall_clock_ms
 from .checks import check_id, check_name
+from .cli_common import on_ledger, out
 from .cloud_keyring import next_key, rotate_cloud_key
-from .config import DataDir, make_storage
-from .errors import ConfigError
+from .config import DataDir
 from .keys import load_key
 from .model import KeyRecord
 from .storage import Storage
@@ -41,32 +38,8 @@ from .store_keys_model import (
     when,
 )
 
-T = TypeVar("T")
 HOUR_MS = 3600 * 1000
 MAX_HOURS = 366 * 24
-
-
-def _out(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
-
-
-def _ledger(args: argparse.Namespace, data: DataDir, action: Callable[[Storage], Awaitable[T]]) -> T:
-    """Run ``action`` on the ledger (which needs no signing key: it may live in a credential)."""
-    data.require()
-    if args.dsn is None and not data.db_file.exists():
-        raise ConfigError(f"{data.path} is not initialised (run `loyalty-cloud init --data {data.path}`)",
-                          field="data")
-
-    async def run() -> T:
-        storage = make_storage(args.dsn, data)
-        await storage.open(wall_clock_ms())
-        try:
-            return await action(storage)
-        finally:
-            await storage.close()
-
-    return asyncio.run(run())
 
 
 def hours_arg(text: str) -> float:
@@ -81,11 +54,11 @@ def hours_arg(text: str) -> float:
 
 def _print_token(args: argparse.Namespace, store_id: str, brand_id: str, token: str, expires_at: int) -> None:
     if args.json:
-        _out(json.dumps({"store_id": store_id, "brand_id": brand_id, "claim_token": token, "expires_at": expires_at}))
+        out(json.dumps({"store_id": store_id, "brand_id": brand_id, "claim_token": token, "expires_at": expires_at}))
         return
-    _out(f"store {store_id} ({brand_id}) awaits its edge")
-    _out(f"claim token (shown once, single use, valid until {when(expires_at)}): {token}")
-    _out(f"in the store: loyalty-edge init --data /var/lib/loyalty-edge --cloud-url <this cloud's URL> "
+    out(f"store {store_id} ({brand_id}) awaits its edge")
+    out(f"claim token (shown once, single use, valid until {when(expires_at)}): {token}")
+    out(f"in the store: loyalty-edge init --data /var/lib/loyalty-edge --cloud-url <this cloud's URL> "
          f"--claim-token {token} ...")
 
 
@@ -94,7 +67,7 @@ def cmd_store_add_to_claim(args: argparse.Namespace, data: DataDir) -> int:
     now = wall_clock_ms()
     token = new_claim_token()
     expires_at = now + int(args.token_hours * HOUR_MS)
-    store = _ledger(args, data, lambda s: s.add_store_to_claim(
+    store = on_ledger(args, data, lambda s: s.add_store_to_claim(
         args.store_id, args.brand, hash_claim_token(token), expires_at, now))
     _print_token(args, store.store_id, store.brand_id, token, expires_at)
     return 0
@@ -111,7 +84,7 @@ def cmd_store_token(args: argparse.Namespace, data: DataDir) -> int:
         brands = {s.store_id: s.brand_id for s in await storage.list_stores()}
         return brands[args.store_id]
 
-    brand_id = _ledger(args, data, issue)
+    brand_id = on_ledger(args, data, issue)
     _print_token(args, args.store_id, brand_id, token, expires_at)
     return 0
 
@@ -119,8 +92,8 @@ def cmd_store_token(args: argparse.Namespace, data: DataDir) -> int:
 def cmd_store_revoke(args: argparse.Namespace, data: DataDir) -> int:
     check_id("store_id", args.store_id)
     check_name(args.reason, max_len=500)
-    store = _ledger(args, data, lambda s: s.revoke_store(args.store_id, args.reason, wall_clock_ms()))
-    _out(f"store {store.store_id} revoked at {when(store.revoked_at or 0)}: {store.revoke_reason}")
+    store = on_ledger(args, data, lambda s: s.revoke_store(args.store_id, args.reason, wall_clock_ms()))
+    out(f"store {store.store_id} revoked at {when(store.revoked_at or 0)}: {store.revoke_reason}")
     return 0
 
 
@@ -134,24 +107,24 @@ def cmd_store_rotate_key(args: argparse.Namespace, data: DataDir) -> int:
     check_id("store_id", args.store_id)
     now = wall_clock_ms()
     if args.finish:
-        keys = _ledger(args, data, lambda s: s.set_key_expiry(args.store_id, now))
+        keys = on_ledger(args, data, lambda s: s.set_key_expiry(args.store_id, now))
     elif args.overlap_hours is not None:
-        keys = _ledger(args, data, lambda s: s.set_key_expiry(args.store_id, now + int(args.overlap_hours * HOUR_MS)))
+        keys = on_ledger(args, data, lambda s: s.set_key_expiry(args.store_id, now + int(args.overlap_hours * HOUR_MS)))
     else:
-        keys = _ledger(args, data, lambda s: s.store_keys(args.store_id))
+        keys = on_ledger(args, data, lambda s: s.store_keys(args.store_id))
     for key in keys:
         row = _key_row(key, now)
         if args.json:
-            _out(json.dumps(row))
+            out(json.dumps(row))
             continue
         detail = ""
         if row["state"] == "retiring":
             detail = f" until {when(key.expires_at or 0)}, replaced by {key.replaced_by}"
         elif row["state"] == "expired":
             detail = f" since {when(key.expires_at or 0)}, replaced by {key.replaced_by}"
-        _out(f"{key.key_id}\t{row['state']}{detail}")
+        out(f"{key.key_id}\t{row['state']}{detail}")
     if not keys and not args.json:
-        _out(f"store {args.store_id} has no key yet (it awaits its edge's claim)")
+        out(f"store {args.store_id} has no key yet (it awaits its edge's claim)")
     return 0
 
 
@@ -161,29 +134,29 @@ def cmd_key_rotate(args: argparse.Namespace, data: DataDir) -> int:
     overlap_ms = int(args.overlap_hours * HOUR_MS)
     data.require()
     new = next_key(new_path)
-    record = _ledger(args, data, lambda s: rotate_cloud_key(s, current, new, overlap_ms, wall_clock_ms()))
+    record = on_ledger(args, data, lambda s: rotate_cloud_key(s, current, new, overlap_ms, wall_clock_ms()))
     if args.json:
-        _out(json.dumps({"version": record.version, "key_id": record.key_id, "public_key": record.public_key.hex(),
+        out(json.dumps({"version": record.version, "key_id": record.key_id, "public_key": record.public_key.hex(),
                          "key_file": str(new_path), "overlap_ms": record.overlap_ms}))
         return 0
-    _out(f"cloud key version {record.version}: {record.key_id}, in {new_path}")
-    _out("announced: every edge takes it with its next pull. Switch the service to the new key file")
-    _out(f"(then restart it); edges keep accepting {current.key_id} for {args.overlap_hours:g} h after they"
+    out(f"cloud key version {record.version}: {record.key_id}, in {new_path}")
+    out("announced: every edge takes it with its next pull. Switch the service to the new key file")
+    out(f"(then restart it); edges keep accepting {current.key_id} for {args.overlap_hours:g} h after they"
          " first see the new key in use.")
     return 0
 
 
 def cmd_key_status(args: argparse.Namespace, data: DataDir) -> int:
-    records = _ledger(args, data, lambda s: s.cloud_keys())
+    records = on_ledger(args, data, lambda s: s.cloud_keys())
     for record in records:
         row = dataclasses.asdict(record)
         row["public_key"] = record.public_key.hex()
         row["announcement"] = None if record.announcement is None else record.announcement.hex()
         if args.json:
-            _out(json.dumps(row))
+            out(json.dumps(row))
         else:
             newest = " (newest)" if record is records[-1] else ""
-            _out(f"v{record.version}\t{record.key_id}\t{when(record.created_at)}{newest}")
+            out(f"v{record.version}\t{record.key_id}\t{when(record.created_at)}{newest}")
     return 0
 
 
