@@ -76,21 +76,10 @@ class FixedClock:
         return time.time() if self.at_ms is None else self.at_ms / 1000
 
 
-@dataclass
-class Both:
-    cloud: cloudkit.Cloud
-    app: web.Application
-    terminal: Terminal
-    config: EdgeConfig
+class SyncedEdge:
+    """What tests do with an edge's sync task (a class with an ``app`` of a running edge)."""
 
-    async def program(self, name: str, points_per_unit: int, unit_amount: int, settings: str = "{}") -> Program:
-        """A new program version in the cloud, installed on the edge as the next downlink would."""
-        program = await self.cloud.storage.set_program(
-            cloudkit.BRAND, name[:100], points_per_unit, unit_amount, cloudkit.now_ms(), settings
-        )
-        install_program(self.config, program)
-        self.app[STORE].forget_program()
-        return program
+    app: web.Application
 
     def unacked(self) -> int:
         count: int = self.app[STORE].read(
@@ -119,6 +108,23 @@ class Both:
             yield
         finally:
             sync.client = online
+
+
+@dataclass
+class Both(SyncedEdge):
+    cloud: cloudkit.Cloud
+    app: web.Application
+    terminal: Terminal
+    config: EdgeConfig
+
+    async def program(self, name: str, points_per_unit: int, unit_amount: int, settings: str = "{}") -> Program:
+        """A new program version in the cloud, installed on the edge as the next downlink would."""
+        program = await self.cloud.storage.set_program(
+            cloudkit.BRAND, name[:100], points_per_unit, unit_amount, cloudkit.now_ms(), settings
+        )
+        install_program(self.config, program)
+        self.app[STORE].forget_program()
+        return program
 
     async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         return await self.terminal.call(method, path, body)

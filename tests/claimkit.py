@@ -3,10 +3,9 @@ serving the portal, for the card-link and claim tests; sales as a terminal sends
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,13 +13,12 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from edge.appkeys import STORE, SYNC
 from edge.config import EdgeConfig
 from edge.keyfile import load_key
 from protocol import public_bytes
 
 from . import cloudkit as k
-from .bothkit import _Unreachable
+from .bothkit import SyncedEdge
 from .edgekit import Terminal, install_program, make_edge_config, pair, running_edge
 from .portalkit import PortalCloud, portal_cloud
 
@@ -45,7 +43,7 @@ def sale(sale_id: str, amount: int = 1000, token: str | None = None, *, sku: str
 
 
 @dataclass
-class Shop:
+class Shop(SyncedEdge):
     store_id: str
     app: web.Application
     terminal: Terminal
@@ -72,29 +70,6 @@ class Shop:
         status, data = await self.call("GET", f"/v1/customers?card_token={token}")
         assert status == 200, data
         return list(data["customers"])
-
-    def unacked(self) -> int:
-        count: int = self.app[STORE].read(
-            lambda c: c.execute("SELECT COUNT(*) FROM outbox WHERE status IS NULL").fetchone()[0])
-        return count
-
-    async def settle(self, limit: float = 30.0) -> None:
-        """Every op acknowledged, then a pull of what the cloud holds now."""
-        deadline = time.monotonic() + limit
-        while self.unacked():
-            assert time.monotonic() < deadline, f"{self.unacked()} ops unacknowledged: {self.app[SYNC].status}"
-            await asyncio.sleep(0.05)
-        await self.app[SYNC].pull()
-
-    @contextmanager
-    def offline(self) -> Iterator[None]:
-        sync = self.app[SYNC]
-        online = sync.client
-        sync.client = _Unreachable()
-        try:
-            yield
-        finally:
-            sync.client = online
 
 
 @asynccontextmanager
