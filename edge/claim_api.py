@@ -21,7 +21,7 @@ from protocol.rules import earning_rules
 from protocol.sale import Sale
 
 from . import claim_writes, sale_writes
-from .api_support import customer_id, write
+from .api_support import live_customer_id, write
 from .appkeys import CONFIG, STORE
 from .inputs import check_fields, get_str
 from .writes import Action
@@ -69,7 +69,7 @@ async def claim(request: web.Request) -> web.Response:
     def build(body: dict[str, Any], terminal_id: str, now: int) -> Action:
         check_fields(body, {"code", "customer_id"})
         raw = get_str(body, "code", 64)
-        who = customer_id(body.get("customer_id"))
+        who = live_customer_id(request, body.get("customer_id"))  # a merged id claims for its survivor
         try:
             hashed: str | None = code_hash(str(raw))
         except LocalProtocolError:

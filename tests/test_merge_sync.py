@@ -152,6 +152,20 @@ async def test_a_terminal_keeps_using_the_old_id_and_the_card_after_a_merge(both
         "name": "Bo", "card_code": "CARD-42", "consent": {"terms_accepted": True}})
     assert (status, data["error"]["code"]) == (409, "card_code_taken")
 
+    # A receipt claimed at the till for the old id earns for the survivor.
+    status, receipt = await both.call("POST", "/v1/earns", {"sale": {
+        "sale_id": "u-1", "state": "paid", "tenders": [{"kind": "cash", "amount": 1_000}],
+        "lines": [{"line_id": "1", "sku": "tea", "quantity": 1, "unit_price": 1_000}]}})
+    assert status == 201 and receipt["customer_id"] is None, receipt
+    status, claimed = await both.call("POST", "/v1/claims", {"code": receipt["claim"]["code"], "customer_id": newer})
+    assert (status, claimed["customer_id"]) == (201, older), claimed
+    await both.settle()
+    assert (await both.customer(older))["balance"]["confirmed"] == 130 + claimed["points"] > 130
+    status, data = await both.call("POST", "/v1/adjustments", {
+        "customer_id": older, "points": -claimed["points"], "reason": "test", "actor": "t"})
+    assert status == 201, data
+    await both.settle()
+
     # Spending through the old id: above the combined balance is refused, the whole of it is not.
     status, data = await both.call("POST", "/v1/redemptions", {"customer_id": newer, "sale_id": "r-1", "points": 131})
     assert (status, data["error"]["code"]) == (422, "insufficient_balance")
