@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -174,11 +175,14 @@ def redact_acked(conn: sqlite3.Connection, seq: int, customer_ids: set[str]) -> 
     return 1
 
 
-def erased_in_batch(conn: sqlite3.Connection, seq: int) -> set[str]:
-    """Erased customers with ops in batch ``seq``."""
+def erased_in_batch(conn: sqlite3.Connection, op_ids: Sequence[str]) -> set[str]:
+    """Erased customers among those the batch's ops (``op_ids``, as its ack answers them) name:
+    found through the outbox's op_id index, since an ack comes every few seconds and the outbox
+    keeps a month of acknowledged ops."""
     return {r[0] for r in conn.execute(
         "SELECT DISTINCT o.customer_id FROM outbox o JOIN customers c ON c.customer_id = o.customer_id"
-        " WHERE o.batch_seq = ? AND c.erased_at IS NOT NULL", (seq,))}
+        " WHERE o.op_id IN (SELECT value FROM json_each(?)) AND c.erased_at IS NOT NULL",
+        (json.dumps(list(op_ids)),))}
 
 
 def checkpoint(path: Path) -> bool:

@@ -168,7 +168,7 @@ def apply_ack(ack: Ack, now: int) -> Job[dict[str, int]]:
             [(b.points, b.version, b.customer_id, b.version) for b in ack.balances],
         )
         conn.execute("UPDATE batches SET acked_at = ? WHERE seq = ?", (now, ack.seq))
-        erased = erased_in_batch(conn, ack.seq)
+        erased = erased_in_batch(conn, [r.op_id for r in ack.results])
         if erased:  # kept byte for byte until now (edge.erasure): never sent again
             redact_acked(conn, ack.seq, erased)
         return {"applied": len(ack.results) - len(refused), "refused": len(refused)}
