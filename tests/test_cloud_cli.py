@@ -31,6 +31,16 @@ def cli(*args: str | Path, expect: int = 0) -> subprocess.CompletedProcess[str]:
     return proc
 
 
+def reap(proc: subprocess.Popen[str]) -> None:
+    """Kill a server a failed test left running, and close its pipes."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+
+
 @pytest.fixture(autouse=True)
 def ledger(backend: k.Backend, monkeypatch: pytest.MonkeyPatch) -> k.Backend:
     """Every command of a test talks to the test's backend; the env var is how an operator selects it too."""
@@ -207,12 +217,7 @@ def test_serve_announces_its_port_answers_and_stops_on_sigterm(cloud_data: Path,
         assert proc.wait(timeout=30) == 0
     finally:
         watchdog.cancel()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
+        reap(proc)
     # what the server acknowledged is in the database after it stopped
     assert k.run_sync(ledger.balances(cloud_data / "cloud.sqlite3")) == {cid: 12}
     lines = cli("store", "list", "--data", cloud_data).stdout
@@ -293,11 +298,7 @@ def test_separate_reconciler_processes_apply_what_serve_received(cloud_data: Pat
         assert proc.wait(timeout=30) == 0
     finally:
         watchdog.cancel()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+        reap(proc)
     assert cli("reconcile", "--drain", "--data", cloud_data).stdout.strip() == "drained: 0 batches applied"
 
 
