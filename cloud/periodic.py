@@ -76,14 +76,6 @@ def utc_day(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d")
 
 
-async def _hook(ctx: Context, step: str, method: str, what: str) -> StepResult:
-    run = getattr(ctx.storage, method, None)
-    if run is None:
-        return StepResult(step, True, {"skipped": f"{what} is not in this version (Storage.{method})"})
-    done = await run(ctx.now)
-    return StepResult(step, True, {"result": done if isinstance(done, dict | list | int | str) else repr(done)})
-
-
 async def expire_points(ctx: Context) -> StepResult:
     summary = await ctx.storage.run_expiry(ctx.now)
     return StepResult("expire_points", True, dataclasses.asdict(summary))
