@@ -72,15 +72,6 @@ def scrub_op(op: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def op_has_personal_data(op: Mapping[str, Any]) -> bool:
-    return scrub_op(op) != dict(op)
-
-
-def scrub_op_body(body: bytes) -> bytes:
-    """An outbox row's msgpack op, scrubbed."""
-    return _packb(scrub_op(_unpackb(body)))
-
-
 def scrub_basis(basis: bytes) -> bytes:
     """A stored earn basis (``refunds.EarnBasis.to_bytes``) without card tokens."""
     doc = _unpackb(basis)

@@ -234,7 +234,3 @@ def returned_after(sale: Sale, before: Mapping[str, int], lines: tuple[tuple[str
                                      code="exceeds_sold", field=f"{where}.quantity")
         merged[line_id] = merged.get(line_id, 0) + quantity
     return merged
-
-
-def fully_returned(sale: Sale, returned: Mapping[str, int]) -> bool:
-    return all(returned.get(line.line_id, 0) >= line.quantity for line in sale.lines)
