@@ -40,7 +40,7 @@ from .model import (
     ShortfallRecord,
     StoreRecord,
     StoreSync,
-    claim_from_row,
+    claims_from_rows,
     customer_from_row,
     key_from_row,
     program_from_row,
@@ -65,12 +65,13 @@ KEY_SELECT = (
     " k.replaced_by, s.revoked_at, s.revoke_reason FROM store_keys k JOIN stores s ON s.store_id = k.store_id"
 )
 _OPERATOR_SELECT = "SELECT operator_id, name, brand_id, created_at, revoked_at FROM operators"
-#: The oldest inbox batch that is next in its store's chain, with the store's applied head.
-#: A backend adds its row lock (PostgreSQL: skip stores another reconciler holds).
+#: The oldest $1 inbox batches among the next $1 of each store's chain, with their store's applied
+#: head (``model.claims_from_rows`` keeps those that follow on). A backend adds its row lock
+#: (PostgreSQL: skip stores another reconciler holds).
 CLAIM_SELECT = (
     "SELECT s.store_id, s.brand_id, s.last_seq, s.last_hash, i.seq, i.hash, i.body, i.at, i.received_at"
-    " FROM inbox i JOIN stores s ON s.store_id = i.store_id AND i.seq = s.last_seq + 1"
-    " ORDER BY i.received_at LIMIT 1"
+    " FROM inbox i JOIN stores s ON s.store_id = i.store_id AND i.seq > s.last_seq AND i.seq <= s.last_seq + $1"
+    " ORDER BY i.received_at, i.store_id, i.seq LIMIT $1"
 )
 #: A store's last pull is written at most this often (pulls are reads; the time is only for alerts).
 PULL_NOTE_MS = 60_000
@@ -278,11 +279,10 @@ class SqlLedger(PeriodicLedger, ReportLedger, ErasureLedger, MergeLedger):
                         found[store_id, seq] = bytes(row[0])
         return found
 
-    async def peek_inbox(self) -> Claim | None:
-        """The batch ``claim_next`` would take now, read without taking it (nor any lock)."""
+    async def peek_inbox(self, limit: int = 1) -> list[Claim]:
+        """The batches ``claim_batches(limit)`` would take now, read without taking them (nor any lock)."""
         async with self._read() as q:
-            row = one(await q.fetch(CLAIM_SELECT))
-        return None if row is None else claim_from_row(row)
+            return claims_from_rows(await q.fetch(CLAIM_SELECT, limit))
 
     async def inbox_depth(self) -> int:
         async with self._read() as q:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import operator
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -375,6 +375,27 @@ class BatchCommit:
     #: Written in the same transaction (see ``messages.batch_effects``); a message already there is kept.
     messages: tuple[OutboxMessage, ...] = ()
     consents: tuple[ConsentRecord, ...] = ()
+    #: The outcome's customers of whom only the balance, version and update time changed
+    #: (``balance_only``): a backend writes just those columns, and no index of the profile.
+    balance_only: frozenset[str] = frozenset()
+
+
+#: What a balance change leaves as it was: every column but balance, version and updated_at.
+_PROFILE_AT = tuple(i for i, f in enumerate(dataclasses.fields(CustomerState))
+                    if f.name not in ("balance", "version", "updated_at"))
+
+
+def balance_only(before: Mapping[str, CustomerState], after: Sequence[CustomerState]) -> frozenset[str]:
+    """The customers of ``after`` that ``before`` holds with the same profile: only their balance,
+    version and update time changed (most of a batch's: earns and redemptions)."""
+    same = []
+    for customer in after:
+        old = before.get(customer.customer_id)
+        if old is not None:
+            new_row, old_row = astuple(customer), astuple(old)
+            if all(new_row[i] == old_row[i] for i in _PROFILE_AT):
+                same.append(customer.customer_id)
+    return frozenset(same)
 
 
 @dataclass(frozen=True, slots=True)
@@ -478,7 +499,25 @@ def stores_from_rows(stores: list[Row], keys: list[Row]) -> list[StoreRecord]:
     return [StoreRecord(r[0], r[1], r[2], bytes(r[3]), r[4], tuple(by_store.get(r[0], ())), *r[5:7]) for r in stores]
 
 
-def claim_from_row(row: Row) -> Claim:
-    """(store_id, brand_id, last_seq, last_hash, seq, hash, body, at, received_at): ``ledger.CLAIM_SELECT``."""
-    head = ChainHead(row[0], row[1], row[2], bytes(row[3]))
-    return Claim(head, row[4], bytes(row[5]), bytes(row[6]), row[7], row[8])
+def claims_from_rows(rows: Sequence[Row]) -> list[Claim]:
+    """The rows of ``ledger.CLAIM_SELECT`` (store_id, brand_id, last_seq, last_hash, seq, hash,
+    body, at, received_at) as batches to apply in this order: one brand's (the
+    first row's; a transaction holds one brand counter, so brands never wait for each other in
+    a cycle), each store's in its chain from its applied head, every later batch's head being
+    the batch before it. A store's row that does not follow on (a clock that went back between
+    two receipts) ends that store's run; its next transaction takes it."""
+    claims: list[Claim] = []
+    heads: dict[str, ChainHead] = {}
+    ended: set[str] = set()
+    for row in rows:
+        store_id = row[0]
+        if row[1] != rows[0][1] or store_id in ended:
+            continue
+        head = heads.get(store_id) or ChainHead(store_id, row[1], row[2], bytes(row[3]))
+        if row[4] != head.last_seq + 1:
+            ended.add(store_id)
+            continue
+        claim = Claim(head, row[4], bytes(row[5]), bytes(row[6]), row[7], row[8])
+        claims.append(claim)
+        heads[store_id] = ChainHead(store_id, head.brand_id, claim.seq, claim.hash)
+    return claims

@@ -67,7 +67,7 @@ from .model import (
     LedgerState,
     OpRecord,
     astuple,
-    claim_from_row,
+    claims_from_rows,
     sale_from_row,
 )
 from .pg_schema import (
@@ -172,10 +172,18 @@ class _PgTx:
         )
         return ChainHead(rows[0][0], rows[0][1], rows[0][2], bytes(rows[0][3])) if rows else None
 
-    async def claim_next(self) -> Claim | None:
+    async def claim_batches(self, limit: int) -> list[Claim]:
         # NO KEY: a batch being received for this store (its inbox row's foreign key) does not wait.
-        rows = await _fetch(self._conn, CLAIM_SELECT + " FOR NO KEY UPDATE OF s SKIP LOCKED")
-        return claim_from_row(rows[0]) if rows else None
+        return claims_from_rows(await _fetch(self._conn, CLAIM_SELECT + " FOR NO KEY UPDATE OF s SKIP LOCKED", limit))
+
+    async def lock_customers(self, customer_ids: Sequence[str], sales: Sequence[tuple[str, str]]) -> None:
+        owners = await _fetch(
+            self._conn,
+            "SELECT s.customer_id FROM sales s JOIN unnest($1::text[], $2::text[]) AS w (store_id, sale_id)"
+            " ON s.store_id = w.store_id AND s.sale_id = w.sale_id",
+            [store for store, _ in sales], [sale for _, sale in sales],
+        )
+        await load_customers(_PgSession(self._conn), [*customer_ids, *(r[0] for r in owners)])
 
     async def load_state(
         self,

@@ -48,10 +48,11 @@ from .model import (
     LedgerState,
     OpRecord,
     astuple,
-    claim_from_row,
+    claims_from_rows,
     sale_from_row,
 )
 from .sql import SQLITE, Row, Session, to_sqlite
+from .sqlite_checkpoint import WAL_SIZE_LIMIT, WRITER_CHECKPOINT_PAGES, Checkpointer
 from .sqlite_schema import MIGRATIONS, MIGRATIONS_TABLE
 from .store_keys_store import SqlStoreKeys
 
@@ -125,10 +126,12 @@ class _SQLiteTx:
         )
         return ChainHead(rows[0][0], rows[0][1], rows[0][2], bytes(rows[0][3])) if rows else None
 
-    async def claim_next(self) -> Claim | None:
+    async def claim_batches(self, limit: int) -> list[Claim]:
         # The writer lock is the claim: no other transaction runs until this one ends.
-        rows = await _q(self._conn, CLAIM_SELECT)
-        return claim_from_row(rows[0]) if rows else None
+        return claims_from_rows(await _q(self._conn, to_sqlite(CLAIM_SELECT), (limit,)))
+
+    async def lock_customers(self, customer_ids: Sequence[str], sales: Sequence[tuple[str, str]]) -> None:
+        """Nothing to do: the one writer holds the whole database."""
 
     async def load_state(
         self,
@@ -222,7 +225,14 @@ class _SQLiteTx:
         return int(rows[0][0])
 
     async def save_batch(self, commit: BatchCommit) -> None:
-        conn, out = self._conn, commit.outcome
+        conn, out, same = self._conn, commit.outcome, commit.balance_only
+        # SQLite rewrites the entries of every index whose columns an UPDATE sets, changed or not:
+        # a balance change sets no profile column, so only the row and the version index move.
+        await _many(
+            conn,
+            "UPDATE customers SET balance = ?, version = ?, updated_at = ? WHERE customer_id = ?",
+            ((c.balance, c.version, c.updated_at, c.customer_id) for c in out.customers if c.customer_id in same),
+        )
         await _many(
             conn,
             f"INSERT INTO customers ({CUSTOMER_COLUMNS}) VALUES ({_marks(CUSTOMER_COLUMNS)})"
@@ -230,7 +240,7 @@ class _SQLiteTx:
             " email = excluded.email, card_code = excluded.card_code, balance = excluded.balance,"
             " version = excluded.version, updated_at = excluded.updated_at, groups = excluded.groups,"
             " opted_out = excluded.opted_out",
-            (astuple(c) for c in out.customers),
+            (astuple(c) for c in out.customers if c.customer_id not in same),
         )
         await insert_messages(_SQLiteSession(conn), commit.messages)
         await insert_consents(_SQLiteSession(conn), commit.consents)
@@ -262,6 +272,7 @@ class SQLiteStorage(SqlCsv, SqlStoreKeys, SqlEngagement, SqlLedger):
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
         self._read_lock = asyncio.Lock()
+        self._checkpointer = Checkpointer(self.path)
 
     def __repr__(self) -> str:
         return f"SQLiteStorage({str(self.path)!r})"
@@ -282,6 +293,9 @@ class SQLiteStorage(SqlCsv, SqlStoreKeys, SqlEngagement, SqlLedger):
                 # Deleted and rewritten content is overwritten with zeros, not left in free space:
                 # an erasure must not linger in the file (cloud.erasure).
                 await _q(conn, "PRAGMA secure_delete = ON")
+                # The checkpointer copies the WAL into the file; the writer only past this bound.
+                await _q(conn, f"PRAGMA wal_autocheckpoint = {WRITER_CHECKPOINT_PAGES}")
+                await _q(conn, f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
             else:
                 await _q(conn, "PRAGMA query_only = ON")
         except BaseException:
@@ -304,6 +318,7 @@ class SQLiteStorage(SqlCsv, SqlStoreKeys, SqlEngagement, SqlLedger):
             raise
 
     async def close(self) -> None:
+        await self._checkpointer.close()
         for conn in (self._reader, self._writer):
             if conn is not None:
                 try:
@@ -330,7 +345,7 @@ class SQLiteStorage(SqlCsv, SqlStoreKeys, SqlEngagement, SqlLedger):
         conn = self._writer
         if conn is None:
             raise StoreError("storage is not open")
-        async with self._write_lock:
+        async with self._write_lock, self._checkpointer.running:
             busy, _, _ = (await _q(conn, "PRAGMA wal_checkpoint(TRUNCATE)"))[0]
         if busy:
             log.warning("the WAL checkpoint after an erasure was blocked by a reader; the next one completes it")
@@ -345,6 +360,7 @@ class SQLiteStorage(SqlCsv, SqlStoreKeys, SqlEngagement, SqlLedger):
             try:
                 yield conn
                 await _q(conn, "COMMIT")
+                self._checkpointer.committed()
             except BaseException:
                 await self._rollback(conn)
                 raise

@@ -70,9 +70,16 @@ class LedgerTx(Protocol):
         """The store's applied head, its row locked until the transaction ends."""
         ...
 
-    async def claim_next(self) -> Claim | None:
-        """The oldest inbox batch that is next in its store's chain, its store locked
-        (skipping stores another transaction holds), or None."""
+    async def claim_batches(self, limit: int) -> list[Claim]:
+        """Up to ``limit`` of the oldest inbox batches, in the order to apply them: each next in
+        its store's chain, one brand's, their stores locked (skipping stores another transaction
+        holds). Empty if there is none."""
+        ...
+
+    async def lock_customers(self, customer_ids: Sequence[str], sales: Sequence[tuple[str, str]]) -> None:
+        """Before a transaction applies several batches: lock every customer they name and those
+        of their (store_id, sale_id) sales, in one customer_id order, so that its batches' own
+        locks (``load_state``) never wait behind another transaction's holding the brand counter."""
         ...
 
     async def load_state(
@@ -153,7 +160,7 @@ class Storage(Protocol):
 
     async def inbox_depth(self) -> int: ...
 
-    async def peek_inbox(self) -> Claim | None: ...
+    async def peek_inbox(self, limit: int = 1) -> list[Claim]: ...
 
     async def note_pull(self, store_id: str, now: int) -> None: ...
 

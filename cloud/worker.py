@@ -1,7 +1,9 @@
 """The reconciler worker: applies received batches, per store in sequence,
 across stores in parallel.
 
-Each step is one transaction (``Storage.batch_tx``): claim the oldest inbox
+Each step is one transaction (``Storage.batch_tx``) that applies up to
+``GROUP`` batches, one after the other, and commits once: one fsync serves
+them all. For each: claim the oldest inbox
 batch that is next in its store's chain, with the store's row locked (on
 PostgreSQL ``SKIP LOCKED`` passes over stores another worker holds, so any
 number of workers in any number of processes share the inbox without waiting
@@ -11,7 +13,10 @@ carry no version, then take the brand's change counter (locked to commit),
 move the versions past it, seal the ack, write the customers and the batch,
 and drop the inbox row. That ack is what the edge receives,
 now or when it resends the batch. On SQLite the single writer is the limit:
-workers take turns, whatever their number.
+workers take turns, whatever their number. A step of several batches takes
+one brand's and first locks every customer they name, in one order
+(``LedgerTx.lock_customers``), so its later batches never wait for a customer
+while it holds the brand counter.
 
 The batch was verified when it was received (signature, key, store,
 sequence and chain); a key revoked since then does not stop it.
@@ -48,9 +53,9 @@ from .erasure import LATE_OP_TABLES, is_erased
 from .errors import StoreError
 from .keys import CloudKey
 from .messages import batch_effects, needs_program
-from .model import BatchCommit, BatchOutcome, Claim, LedgerState, versioned
+from .model import BatchCommit, BatchOutcome, Claim, LedgerState, balance_only, versioned
 from .reconciler import reconcile
-from .storage import Storage
+from .storage import LedgerTx, Storage
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +63,24 @@ log = logging.getLogger(__name__)
 POLL_INTERVAL = 0.05
 #: After a failed step (database away), wait this long before the next.
 ERROR_PAUSE = 1.0
+#: Batches one transaction applies at most when the inbox holds that many: one commit (one
+#: fsync, and on SQLite each page the batches share written once) serves them all. Bounded so that
+#: the writer (SQLite) or the brand counter (PostgreSQL) is held for a fraction of a second.
+GROUP = 8
 #: Batches with none of these ops and no whole-sale earn read and write nothing of claims or card links.
 _CLAIM_KINDS = frozenset({OpKind.UNCLAIMED_SALE, OpKind.CLAIM})
+
+
+@dataclass(frozen=True, slots=True)
+class _Done:
+    """One batch written in a transaction not yet committed: what is left to do once it is."""
+
+    claim: Claim
+    ops: int
+    ack: bytes
+    outcome: BatchOutcome
+    named: list[str]  # customers whose new card code or phone another profile holds: merge them
+    redacted: bool  # the batch was stored scrubbed of an erased customer's data
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,107 +103,141 @@ class Worker:
         *,
         on_applied: Callable[[Applied], None] | None = None,
         decoded: Callable[[str, int, bytes], Batch | None] | None = None,
+        group: int = GROUP,
     ) -> None:
         self.storage = storage
         self.cloud_key = cloud_key
         self.clock = clock
         self.on_applied = on_applied
         self.decoded = decoded  # batches this process decoded when it received them
+        self.group = max(1, group)
+        self._failed = False
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
 
     async def apply_next(self) -> Applied | None:
         """Apply the next claimable batch in one transaction; None if there is none."""
+        applied = await self._apply(1)
+        return applied[0] if applied else None
+
+    async def apply_some(self) -> list[Applied]:
+        """Apply up to ``group`` claimable batches in one transaction (one after a failed step,
+        so that a batch that cannot be applied never holds back the others); [] if there is none."""
+        applied = await self._apply(1 if self._failed else self.group)
+        self._failed = False
+        return applied
+
+    async def _apply(self, limit: int) -> list[Applied]:
         started = time.perf_counter()
         if not await self.storage.inbox_depth():
-            return None  # a read: an idle worker never takes SQLite's write lock
-        ahead = None
+            return []  # a read: an idle worker never takes SQLite's write lock
+        ahead: dict[tuple[str, int, bytes], Batch] = {}
         if self.storage.single_writer:
-            # Decode while another worker holds the writer; kept if it is the batch this one gets.
-            peeked = await self.storage.peek_inbox()
-            if peeked is not None:
-                ahead = (_key(peeked), self._batch(peeked))
+            # Decode while another worker holds the writer; kept for the batches this one gets.
+            ahead = {_key(peeked): self._batch(peeked) for peeked in await self.storage.peek_inbox(limit)}
+        done: list[_Done] = []
         async with self.storage.batch_tx() as tx:
-            claim = await tx.claim_next()
-            if claim is None:
-                return None
-            head = claim.head
-            batch = ahead[1] if ahead is not None and ahead[0] == _key(claim) else self._batch(claim)
-            if (batch.store_id, batch.seq, batch.prev_hash) != (head.store_id, claim.seq, head.last_hash):
-                raise StoreError(f"inbox batch {claim.seq} of store {head.store_id} does not follow its chain")
-            ops = batch.ops
-            state = await tx.load_state(
-                brand_id=head.brand_id,
-                store_id=head.store_id,
-                op_ids=[op.op_id for op in ops],
-                customer_ids=[op.customer_id for op in ops],
-                sale_ids=[sid for op in ops if isinstance(sid := getattr(op, "sale_id", None), str)],
-            )
-            if any(op.kind in _CLAIM_KINDS or getattr(op, "sale", None) is not None for op in ops):
-                state = dataclasses.replace(state, claims=await tx.load_claims(
-                    head.store_id, [op.customer_id for op in ops], [getattr(op, "sale_id", "") for op in ops]))
-            programs = await tx.load_programs(head.brand_id, sorted(program_versions(ops, state)))
-            now = self.clock()
-            decided = reconcile(
-                store_id=head.store_id, brand_id=head.brand_id, seq=claim.seq, ops=ops, state=state, now=now,
-                programs=programs,
-            )
-            await tx.save_rows(decided)
-            await tx.save_claims(head.brand_id, decided.claim_rows)
-            # Last, and only if the batch changed someone: the brand's counter, locked to commit.
-            base = await tx.take_versions(head.brand_id, decided.counter) if decided.counter else 0
-            outcome = versioned(decided, base)
-            ack = Ack(head.store_id, claim.seq, claim.hash, now, outcome.results, outcome.balances)
-            sealed = seal(MessageType.ACK, encode_ack(ack), self.cloud_key.private, self.cloud_key.key_id)
-            current = state.program_version
-            program = programs.get(current) if current is not None and needs_program(outcome) else None
-            effects = batch_effects(outcome, program)
-            stored = _stored_body(claim.body, ops, state)
-            await tx.save_batch(
-                BatchCommit(
-                    store_id=head.store_id,
-                    brand_id=head.brand_id,
-                    seq=claim.seq,
-                    prev_seq=head.last_seq,
-                    hash=claim.hash,
-                    body=stored,
-                    ack=sealed,
-                    at=claim.at,
-                    received_at=claim.received_at,
-                    outcome=outcome,
-                    messages=effects.messages,
-                    consents=effects.consents,
+            claims = await tx.claim_batches(limit)
+            batches = [ahead.get(_key(claim)) or self._batch(claim) for claim in claims]
+            if len(batches) > 1:
+                await tx.lock_customers(
+                    [op.customer_id for batch in batches for op in batch.ops],
+                    [(batch.store_id, sid) for batch in batches for op in batch.ops
+                     if isinstance(sid := getattr(op, "sale_id", None), str)],
                 )
+            for claim, batch in zip(claims, batches, strict=True):
+                done.append(await self._apply_one(tx, claim, batch))
+        # Committed: every batch's ack stands, whatever happens next.
+        seconds = time.perf_counter() - started
+        applied = []
+        for one in done:
+            if one.named:
+                await self._merge(one.claim.head.brand_id, one.claim.head.store_id, one.claim.seq, one.named)
+            self._log(one)
+            if one.redacted:
+                # The received bytes held an erased customer's data: their old pages go too, before
+                # the ack is out (rare: a late op from an edge offline since the erasure).
+                await self.storage.reclaim(LATE_OP_TABLES)
+            applied.append(Applied(one.claim.head.store_id, one.claim.seq, one.ack, one.outcome, seconds))
+        if self.on_applied is not None:
+            for each in applied:
+                self.on_applied(each)
+        return applied
+
+    async def _apply_one(self, tx: LedgerTx, claim: Claim, batch: Batch) -> _Done:
+        """Decide and write one batch inside the transaction (which may hold others before it)."""
+        head = claim.head
+        if (batch.store_id, batch.seq, batch.prev_hash) != (head.store_id, claim.seq, head.last_hash):
+            raise StoreError(f"inbox batch {claim.seq} of store {head.store_id} does not follow its chain")
+        ops = batch.ops
+        state = await tx.load_state(
+            brand_id=head.brand_id,
+            store_id=head.store_id,
+            op_ids=[op.op_id for op in ops],
+            customer_ids=[op.customer_id for op in ops],
+            sale_ids=[sid for op in ops if isinstance(sid := getattr(op, "sale_id", None), str)],
+        )
+        if any(op.kind in _CLAIM_KINDS or getattr(op, "sale", None) is not None for op in ops):
+            state = dataclasses.replace(state, claims=await tx.load_claims(
+                head.store_id, [op.customer_id for op in ops], [getattr(op, "sale_id", "") for op in ops]))
+        programs = await tx.load_programs(head.brand_id, sorted(program_versions(ops, state)))
+        now = self.clock()
+        decided = reconcile(
+            store_id=head.store_id, brand_id=head.brand_id, seq=claim.seq, ops=ops, state=state, now=now,
+            programs=programs,
+        )
+        await tx.save_rows(decided)
+        await tx.save_claims(head.brand_id, decided.claim_rows)
+        # Last, and only if the batch changed someone: the brand's counter, locked to commit.
+        base = await tx.take_versions(head.brand_id, decided.counter) if decided.counter else 0
+        outcome = versioned(decided, base)
+        ack = Ack(head.store_id, claim.seq, claim.hash, now, outcome.results, outcome.balances)
+        sealed = seal(MessageType.ACK, encode_ack(ack), self.cloud_key.private, self.cloud_key.key_id)
+        current = state.program_version
+        program = programs.get(current) if current is not None and needs_program(outcome) else None
+        effects = batch_effects(outcome, program)
+        stored = _stored_body(claim.body, ops, state)
+        await tx.save_batch(
+            BatchCommit(
+                store_id=head.store_id,
+                brand_id=head.brand_id,
+                seq=claim.seq,
+                prev_seq=head.last_seq,
+                hash=claim.hash,
+                body=stored,
+                ack=sealed,
+                at=claim.at,
+                received_at=claim.received_at,
+                outcome=outcome,
+                messages=effects.messages,
+                consents=effects.consents,
+                balance_only=balance_only(state.customers, outcome.customers),
             )
-            named = _identified(ops, outcome, state.merged)
-            collides = bool(named) and bool(await tx.find_collisions(head.brand_id, named))
-        if collides:
-            await self._merge(head.brand_id, head.store_id, claim.seq, named)
-        applied = Applied(head.store_id, claim.seq, sealed, outcome, time.perf_counter() - started)
+        )
+        named = _identified(ops, outcome, state.merged)
+        collides = bool(named) and bool(await tx.find_collisions(head.brand_id, named))
+        return _Done(claim, len(ops), sealed, outcome, named if collides else [], stored is not claim.body)
+
+    @staticmethod
+    def _log(one: _Done) -> None:
+        outcome = one.outcome
         log.info(
             "store %s batch %d: %d ops, %d refused, %d applied with a note (see ops.note), %d mismatches,"
             " %d shortfalls",
-            head.store_id,
-            claim.seq,
-            len(ops),
+            one.claim.head.store_id,
+            one.claim.seq,
+            one.ops,
             sum(1 for r in outcome.results if r.status is OpStatus.REFUSED),
             sum(1 for r in outcome.ops if r.note is not None),
             len(outcome.mismatches),
             len(outcome.shortfalls),
         )
-        if stored is not claim.body:
-            # The received bytes held an erased customer's data: their old pages go too, before
-            # the ack is out (rare: a late op from an edge offline since the erasure).
-            await self.storage.reclaim(LATE_OP_TABLES)
-        if self.on_applied is not None:
-            self.on_applied(applied)
-        return applied
 
     async def drain(self) -> int:
         """Apply batches until none is claimable; how many were applied."""
         count = 0
-        while not self._stop.is_set() and await self.apply_next() is not None:
-            count += 1
+        while not self._stop.is_set() and (applied := await self.apply_some()):
+            count += len(applied)
         return count
 
     async def run(self, wake: asyncio.Event | None = None, *, poll_interval: float = POLL_INTERVAL) -> None:
@@ -191,11 +246,12 @@ class Worker:
         while not self._stop.is_set():
             wake.clear()  # before looking: a batch queued after the look sets it again
             try:
-                if await self.apply_next() is not None:
+                if await self.apply_some():
                     continue
                 pause = poll_interval
-            except Exception:  # a worker outlives a failed step: the batch stays in the inbox for the next
+            except Exception:  # a worker outlives a failed step: the batches stay in the inbox for the next
                 log.exception("applying a batch failed; retrying in %.1f s", ERROR_PAUSE)
+                self._failed = True
                 pause = ERROR_PAUSE
             if not self._stop.is_set():
                 with contextlib.suppress(TimeoutError):

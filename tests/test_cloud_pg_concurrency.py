@@ -56,7 +56,10 @@ class Ledger:
 
 
 @pytest.fixture
-async def ledger(pg: k.Backend) -> AsyncIterator[Ledger]:
+async def ledger(pg: k.Backend, request: pytest.FixtureRequest) -> AsyncIterator[Ledger]:
+    """Batches one transaction of a reconciler applies at most: ``request.param`` (indirect), else
+    one, so that two single-batch transactions really interleave where a test wants them to."""
+    group = getattr(request, "param", 1)
     assert pg.dsn is not None and pg.schema is not None
     # application_name lets the test find its own sessions in pg_stat_activity
     dsn = f"{pg.dsn}&application_name={pg.schema}"
@@ -86,7 +89,7 @@ async def ledger(pg: k.Backend) -> AsyncIterator[Ledger]:
             return applied
 
         for name, pool in pools.items():
-            workers.append(Worker(pool, KEY, k.now_ms, on_applied=report(name)))
+            workers.append(Worker(pool, KEY, k.now_ms, on_applied=report(name), group=group))
             tasks.append(asyncio.create_task(workers[-1].run(handoff.work, poll_interval=0.02)))
         yield ledger
     finally:
@@ -146,7 +149,10 @@ async def test_a_batch_waits_for_the_customer_rows_another_transaction_holds(led
     assert (ack.results[0].status, ack.balances[0].points) == (APPLIED, 70)
 
 
-async def test_batches_locking_the_same_customers_in_opposite_orders_do_not_deadlock(ledger: Ledger) -> None:
+@pytest.mark.parametrize("ledger", [1, 8], indirect=True, ids=["one-batch-a-transaction", "groups-of-8"])
+async def test_batches_locking_the_same_customers_in_opposite_orders_do_not_deadlock(
+    ledger: Ledger, caplog: pytest.LogCaptureFixture
+) -> None:
     c1, c2 = k.any_uuid(), k.any_uuid()
     await ledger.send("store-a", [k.enroll(c1), k.earn(c1, "s1", 100), k.enroll(c2), k.earn(c2, "s2", 100)])
     for i in range(3):  # bounded
@@ -158,6 +164,7 @@ async def test_batches_locking_the_same_customers_in_opposite_orders_do_not_dead
     balances = await ledger.storage.downlink_page(k.BRAND, 0, 10)
     assert {c.customer_id: c.balance for c in balances.customers} == {c1: 40, c2: 40}
     assert await ledger.storage.audit_balances() == []
+    assert "deadlock" not in caplog.text and "applying a batch failed" not in caplog.text
 
 
 async def wait_for_lock_wait(ledger: Ledger, polls: int = 100, at_least: int = 1) -> int:
@@ -226,10 +233,14 @@ async def test_a_store_held_by_one_reconciler_is_skipped_not_waited_for(ledger: 
     assert (ack_a.seq, ack_a.balances[0].points) == (2, 22)
 
 
-async def test_two_reconcilers_share_many_stores_and_never_overspend(ledger: Ledger) -> None:
+@pytest.mark.parametrize("ledger", [1, 8], indirect=True, ids=["one-batch-a-transaction", "groups-of-8"])
+async def test_two_reconcilers_share_many_stores_and_never_overspend(
+    ledger: Ledger, caplog: pytest.LogCaptureFixture
+) -> None:
     """Four stores, five batches each, all spending one customer's 100 points through two
     reconcilers: exactly 100 points are spent, each batch is applied once and each store's
-    batches in order."""
+    batches in order; with transactions of several batches (their customers locked first) too,
+    and no deadlock."""
     for store_id in ("store-c", "store-d"):
         signer = ledger.stores[store_id] = k.StoreSigner(store_id)
         await ledger.storage.add_store(store_id, k.BRAND, signer.public_raw, k.now_ms())
@@ -255,3 +266,4 @@ async def test_two_reconcilers_share_many_stores_and_never_overspend(ledger: Led
         seqs = [seq for store, seq in applied if store == store_id]
         assert seqs == sorted(seqs)
     assert {name for name, _, _ in ledger.applied} == {"w1", "w2"}  # both took part
+    assert "deadlock" not in caplog.text and "applying a batch failed" not in caplog.text

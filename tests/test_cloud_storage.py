@@ -326,3 +326,169 @@ async def test_pooled_connections_the_server_dropped_are_replaced(tmp_path: Path
         ack, _ = await cloud.send(store, [k.earn(cid, "s2", 5)])
         assert ack.balances[0].points == 15
         assert await cloud.balances() == {cid: 15}
+
+
+# ---- several batches in one transaction
+
+
+async def test_one_transaction_applies_several_stores_batches_each_seeing_the_one_before(
+    tmp_path: Path, backend: k.Backend
+) -> None:
+    """Four batches waiting (two of store a, one of b, one of store z of another brand): one step
+    applies a's two and b's in one transaction, in chain order, each deciding on what the one
+    before it wrote; z's brand waits for the next step. Every ack is the one a resend gets."""
+    storage = backend.storage(tmp_path)
+    await storage.open(k.now_ms())
+    try:
+        stores: dict[str, k.StoreSigner] = {}
+        await k.seed(storage, stores)
+        key = CloudKey.from_seed(b"\x07" * 32)
+        service = SyncService(storage, key, k.now_ms, ack_wait=0)  # received only: nobody applies here
+        cid, zid = k.any_uuid(), k.any_uuid()
+        sent = [("store-a", [k.enroll(cid), k.earn(cid, "s1", 100)]),
+                ("store-z", [k.enroll(zid), k.earn(zid, "z1", 5)]),
+                ("store-b", [k.redeem(cid, "s2", 60)]),
+                ("store-a", [k.redeem(cid, "s3", 60), k.earn(cid, "s4", 10)])]
+        envelopes = []
+        for store_id, ops in sent:
+            data, batch_hash = stores[store_id].batch(ops)
+            stores[store_id].advance(batch_hash)
+            with pytest.raises(NotYetApplied):
+                await service.submit_batch(data)
+            envelopes.append(data)
+        worker = Worker(storage, key, k.now_ms, group=8)
+        first = await worker.apply_some()
+        assert [(a.store_id, a.seq) for a in first] == [("store-a", 1), ("store-b", 1), ("store-a", 2)]
+        acks = [open_ack(a.ack, key.public) for a in first]
+        assert [[(r.status.value, r.code) for r in ack.results] for ack in acks] == [
+            [("applied", None), ("applied", None)],
+            [("applied", None)],
+            [("refused", "insufficient_balance"), ("applied", None)],
+        ]
+        assert [ack.balances[0].points for ack in acks] == [100, 40, 50]
+        # versions keep counting across the batches of one transaction
+        versions = [ack.balances[0].version for ack in acks]
+        assert versions == sorted(versions) and len(set(versions)) == 3
+        assert await storage.inbox_depth() == 1
+        second = await worker.apply_some()
+        assert [(a.store_id, a.seq) for a in second] == [("store-z", 1)]
+        assert await worker.apply_some() == []
+        for data, applied in zip([envelopes[0], envelopes[2], envelopes[3]], first, strict=True):
+            assert await service.submit_batch(data) == applied.ack  # a resend gets the stored ack
+        assert await storage.audit_balances() == []
+        conflicts = await storage.list_conflicts()
+        assert [(c.store_id, c.points_requested, c.balance_available) for c in conflicts] == [("store-a", 60, 40)]
+    finally:
+        await storage.close()
+
+
+async def test_several_batches_commit_once_on_sqlite(tmp_path: Path) -> None:
+    """The point of a step of several batches: one COMMIT (one fsync) for all of them."""
+    storage = SQLiteStorage(tmp_path / "cloud.sqlite3")
+    await storage.open(k.now_ms())
+    try:
+        stores: dict[str, k.StoreSigner] = {}
+        await k.seed(storage, stores)
+        key = CloudKey.from_seed(b"\x07" * 32)
+        service = SyncService(storage, key, k.now_ms, ack_wait=0)
+        for n in range(3):
+            cid = k.any_uuid()
+            data, batch_hash = stores["store-a"].batch([k.enroll(cid), k.earn(cid, f"s{n}", 5)])
+            stores["store-a"].advance(batch_hash)
+            with pytest.raises(NotYetApplied):
+                await service.submit_batch(data)
+        statements: list[str] = []
+        assert storage._writer is not None
+        await storage._writer.set_trace_callback(statements.append)
+        applied = await Worker(storage, key, k.now_ms, group=8).apply_some()
+        await storage._writer.set_trace_callback(None)
+        assert [a.seq for a in applied] == [1, 2, 3]
+        assert [sql for sql in statements if sql in ("BEGIN IMMEDIATE", "COMMIT")] == ["BEGIN IMMEDIATE", "COMMIT"]
+        assert len(k.balances_in_db(storage.path)) == 3
+    finally:
+        await storage.close()
+
+
+async def test_a_batch_that_cannot_be_applied_costs_the_rest_of_its_step_only_a_retry(
+    tmp_path: Path, backend: k.Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Store b's batch no longer decodes (a damaged inbox row): the step holding it and a's batch
+    rolls back whole, the next step takes a's batch alone and applies it; b's stays, reported."""
+    storage = backend.storage(tmp_path)
+    await storage.open(k.now_ms())
+    worker: Worker | None = None
+    task = None
+    try:
+        stores: dict[str, k.StoreSigner] = {}
+        await k.seed(storage, stores)
+        key = CloudKey.from_seed(b"\x07" * 32)
+        service = SyncService(storage, key, k.now_ms, ack_wait=0)
+        cid = k.any_uuid()
+        for store_id, ops in (("store-a", [k.enroll(cid), k.earn(cid, "s1", 10)]),
+                              ("store-b", [k.earn(cid, "s2", 5)])):
+            data, _ = stores[store_id].batch(ops)
+            with pytest.raises(NotYetApplied):
+                await service.submit_batch(data)
+        damaged = "'\\xc1'::bytea" if backend.dsn is not None else "X'c1'"
+        await backend.execute(db_file(tmp_path), f"UPDATE inbox SET body = {damaged} WHERE store_id = 'store-b'")
+        applied: list[tuple[str, int]] = []
+        worker = Worker(storage, key, k.now_ms, group=8, on_applied=lambda a: applied.append((a.store_id, a.seq)))
+        task = asyncio.create_task(worker.run(poll_interval=0.01))
+        for _ in range(100):  # bounded: 5 s
+            if applied:
+                break
+            await asyncio.sleep(0.05)
+        assert applied == [("store-a", 1)]
+        assert await storage.inbox_depth() == 1
+        assert "store-b no longer decodes" in caplog.text
+        assert await storage.audit_balances() == []
+    finally:
+        if worker is not None and task is not None:
+            worker.stop()
+            await asyncio.wait_for(task, 10)
+        await storage.close()
+
+
+async def test_sqlite_copies_its_wal_into_the_database_off_the_writers_path(tmp_path: Path) -> None:
+    """Committed batches reach the database file itself (read as immutable: the WAL ignored)
+    through the checkpointer, while the writer's own checkpoint waits for 4,000 WAL pages."""
+    storage = SQLiteStorage(tmp_path / "cloud.sqlite3")
+    await storage.open(k.now_ms())
+    try:
+        assert storage._writer is not None
+        assert await storage._writer.execute_fetchall("PRAGMA wal_autocheckpoint") == [(4000,)]
+        stores: dict[str, k.StoreSigner] = {}
+        await k.seed(storage, stores)
+        key = CloudKey.from_seed(b"\x07" * 32)
+        cid = k.any_uuid()
+        data, _ = stores["store-a"].batch([k.enroll(cid), k.earn(cid, "s1", 5)])
+        with pytest.raises(NotYetApplied):
+            await SyncService(storage, key, k.now_ms, ack_wait=0).submit_batch(data)
+        assert await Worker(storage, key, k.now_ms).apply_next() is not None
+
+        def in_file() -> list[tuple[int]]:
+            db = sqlite3.connect(f"file:{storage.path}?immutable=1", uri=True)
+            try:
+                return db.execute("SELECT balance FROM customers WHERE customer_id = ?", (cid,)).fetchall()
+            finally:
+                db.close()
+
+        for _ in range(100):  # bounded: 5 s
+            if in_file():
+                break
+            await asyncio.sleep(0.05)
+        assert in_file() == [(5,)]
+        assert storage._checkpointer.runs >= 1
+    finally:
+        await storage.close()
+
+
+def test_balance_only_names_the_customers_whose_profile_a_batch_left_as_it_was() -> None:
+    from cloud.model import CustomerState, balance_only
+
+    def row(cid: str, phone: str | None, balance: int, version: int) -> CustomerState:
+        return CustomerState(cid, k.BRAND, "Ada", phone, None, None, "{}", balance, version, "store-a", 1, version)
+
+    before = {"a": row("a", None, 10, 1), "b": row("b", "+15550100", 10, 2)}
+    after = [row("a", None, 25, 7), row("b", "+15550199", 10, 8), row("c", None, 0, 9)]
+    assert balance_only(before, after) == {"a"}  # b's phone changed; c is new
