@@ -81,6 +81,7 @@ from .pg_schema import (
     OP,
     SALE,
     SHORTFALL,
+    UPDATE_BALANCES,
     UPDATE_CUSTOMERS,
     UPSERT_SALES,
     Columns,
@@ -254,10 +255,12 @@ class _PgTx:
         conn, out = self._conn, commit.outcome
         await _many(conn, INSERT_CUSTOMERS, [c for c in out.customers if c.customer_id not in self._locked])
         changed = [c for c in out.customers if c.customer_id in self._locked]
-        if changed:
-            updated = await _many(conn, UPDATE_CUSTOMERS, changed)
-            if len(updated) != len(changed):  # impossible while the rows are locked
-                raise StoreError(f"{len(changed) - len(updated)} locked customers vanished during the batch")
+        same = [c for c in changed if c.customer_id in commit.balance_only]
+        updated = await _fetch(conn, UPDATE_BALANCES, [c.customer_id for c in same], [c.balance for c in same],
+                               [c.version for c in same], [c.updated_at for c in same]) if same else []
+        updated += await _many(conn, UPDATE_CUSTOMERS, [c for c in changed if c.customer_id not in commit.balance_only])
+        if len(updated) != len(changed):  # impossible while the rows are locked
+            raise StoreError(f"{len(changed) - len(updated)} locked customers vanished during the batch")
         await insert_messages(_PgSession(conn), commit.messages)
         await insert_consents(_PgSession(conn), commit.consents)
         await _fetch(
