@@ -13,7 +13,8 @@ one has drained the inbox is measured: ops/s = ops / that time. Every op is
 decided with its balance check. On PostgreSQL the same run then COPYs the
 rows the apply wrote (ops, ledger entries, sales, customers, conflicts,
 batches) into empty copies of their tables, indexes included, over one
-connection: the ceiling for this machine.
+connection: the ceiling for this machine. On SQLite the analog: the same rows
+inserted with executemany into an empty ledger in one transaction.
 
 Latency: a real ``loyalty-cloud serve`` (one embedded worker), idle, takes
 one-op batches one after the other over HTTP on 127.0.0.1; the time from
@@ -359,6 +360,37 @@ async def copy_ceiling(dsn: str) -> dict[str, Any]:
     return {"seconds": seconds, "rows": rows}
 
 
+async def sqlite_ceiling(data: Path) -> dict[str, Any]:
+    """The SQLite analog of the COPY ceiling: the rows the apply wrote, inserted with executemany
+    into an empty ledger (same schema and indexes, WAL, synchronous=FULL) in one transaction."""
+    scratch = data / "ceiling"
+    scratch.mkdir()
+    storage = make_storage(None, DataDir(scratch))
+    await storage.open(now_ms())  # the schema, migrated as the real one
+    await storage.close()
+    source = sqlite3.connect(data / "cloud.sqlite3")
+    target = sqlite3.connect(scratch / "cloud.sqlite3", isolation_level=None)
+    try:
+        target.execute("PRAGMA synchronous = FULL")
+        target.execute("PRAGMA foreign_keys = OFF")  # brands and stores are not copied
+        data_rows = {}
+        for table, select in COPIED.items():
+            cursor = source.execute(select)
+            data_rows[table] = ([d[0] for d in cursor.description], cursor.fetchall())
+        rows = sum(len(r) for _, r in data_rows.values())
+        started = time.perf_counter()
+        target.execute("BEGIN IMMEDIATE")
+        for table, (columns, records) in data_rows.items():
+            marks = ", ".join("?" for _ in columns)
+            target.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", records)
+        target.execute("COMMIT")
+        seconds = time.perf_counter() - started
+    finally:
+        source.close()
+        target.close()
+    return {"seconds": seconds, "rows": rows}
+
+
 # ---- idle ack latency through a real serve process
 
 
@@ -454,8 +486,8 @@ async def apply_config(root: Path, backend: str, pg_dsn: str, workload: Workload
         result.update({"backend": backend, "workers": workers, "ops": workload.ops, "receive_s": round(receive_s, 2),
                        "ops_per_s": round(workload.ops / result["seconds"])})
         result["seconds"] = round(result["seconds"], 2)
-        if with_copy and ledger.dsn is not None:
-            copy = await copy_ceiling(ledger.dsn)
+        if with_copy:
+            copy = await (copy_ceiling(ledger.dsn) if ledger.dsn is not None else sqlite_ceiling(ledger.data))
             result["copy"] = {"rows": copy["rows"], "seconds": round(copy["seconds"], 2),
                               "ops_per_s": round(workload.ops / copy["seconds"])}
         return result
@@ -498,7 +530,8 @@ def report(r: dict[str, Any]) -> None:
         if "copy" in a:
             c = a["copy"]
             share = 100 * a["ops_per_s"] / c["ops_per_s"]
-            lines.append(f"  {'COPY':10} {'':>7} {c['seconds']:>8.2f} {c['ops_per_s']:>9,}"
+            label = "COPY" if a["backend"] == "postgres" else "INSERT"
+            lines.append(f"  {label:10} {'':>7} {c['seconds']:>8.2f} {c['ops_per_s']:>9,}"
                          f"  ({c['rows']:,} rows; {a['workers']} workers reach {share:.0f} % of it)")
     lines.append("  (worker CPU: seconds of CPU the reconciler processes used, their Python work; the database's"
                  " own is not in it)")
