@@ -26,36 +26,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from protocol import (
-    Ack,
-    Batch,
-    Enroll,
-    MessageType,
-    Op,
-    OpKind,
-    OpStatus,
-    ProtocolError,
-    UpdateProfile,
-    decode_batch,
-    encode_ack,
-    seal,
-)
-from protocol.privacy import redact_batch_body
-from protocol.refunds import basis_version
+from protocol import Batch, OpStatus, ProtocolError, decode_batch
 
-from .erasure import LATE_OP_TABLES, is_erased
+from .batch_apply import Done, Sealer, apply_in_turn, apply_pipelined
+from .erasure import LATE_OP_TABLES
 from .errors import StoreError
 from .keys import CloudKey
-from .messages import batch_effects, needs_program
-from .model import BatchCommit, BatchOutcome, Claim, LedgerState, balance_only, versioned
-from .reconciler import reconcile
-from .storage import LedgerTx, Storage
+from .model import BatchOutcome, Claim
+from .storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -67,20 +50,6 @@ ERROR_PAUSE = 1.0
 #: fsync, and on SQLite each page the batches share written once) serves them all. Bounded so that
 #: the writer (SQLite) or the brand counter (PostgreSQL) is held for a fraction of a second.
 GROUP = 8
-#: Batches with none of these ops and no whole-sale earn read and write nothing of claims or card links.
-_CLAIM_KINDS = frozenset({OpKind.UNCLAIMED_SALE, OpKind.CLAIM})
-
-
-@dataclass(frozen=True, slots=True)
-class _Done:
-    """One batch written in a transaction not yet committed: what is left to do once it is."""
-
-    claim: Claim
-    ops: int
-    ack: bytes
-    outcome: BatchOutcome
-    named: list[str]  # customers whose new card code or phone another profile holds: merge them
-    redacted: bool  # the batch was stored scrubbed of an erased customer's data
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +80,7 @@ class Worker:
         self.on_applied = on_applied
         self.decoded = decoded  # batches this process decoded when it received them
         self.group = max(1, group)
+        self._sealer = Sealer(cloud_key, clock)
         self._failed = False
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
@@ -135,18 +105,20 @@ class Worker:
         if self.storage.single_writer:
             # Decode while another worker holds the writer; kept for the batches this one gets.
             ahead = {_key(peeked): self._batch(peeked) for peeked in await self.storage.peek_inbox(limit)}
-        done: list[_Done] = []
         async with self.storage.batch_tx() as tx:
             claims = await tx.claim_batches(limit)
             batches = [ahead.get(_key(claim)) or self._batch(claim) for claim in claims]
-            if len(batches) > 1:
+            if len(batches) > 1 and not self.storage.single_writer:
                 await tx.lock_customers(
                     [op.customer_id for batch in batches for op in batch.ops],
                     [(batch.store_id, sid) for batch in batches for op in batch.ops
                      if isinstance(sid := getattr(op, "sale_id", None), str)],
                 )
-            for claim, batch in zip(claims, batches, strict=True):
-                done.append(await self._apply_one(tx, claim, batch))
+            claimed = list(zip(claims, batches, strict=True))
+            if self.storage.single_writer:
+                done = await apply_pipelined(tx, claimed, self._sealer)
+            else:
+                done = await apply_in_turn(tx, claimed, self._sealer)
         # Committed: every batch's ack stands, whatever happens next.
         seconds = time.perf_counter() - started
         applied = []
@@ -164,62 +136,8 @@ class Worker:
                 self.on_applied(each)
         return applied
 
-    async def _apply_one(self, tx: LedgerTx, claim: Claim, batch: Batch) -> _Done:
-        """Decide and write one batch inside the transaction (which may hold others before it)."""
-        head = claim.head
-        if (batch.store_id, batch.seq, batch.prev_hash) != (head.store_id, claim.seq, head.last_hash):
-            raise StoreError(f"inbox batch {claim.seq} of store {head.store_id} does not follow its chain")
-        ops = batch.ops
-        state = await tx.load_state(
-            brand_id=head.brand_id,
-            store_id=head.store_id,
-            op_ids=[op.op_id for op in ops],
-            customer_ids=[op.customer_id for op in ops],
-            sale_ids=[sid for op in ops if isinstance(sid := getattr(op, "sale_id", None), str)],
-        )
-        if any(op.kind in _CLAIM_KINDS or getattr(op, "sale", None) is not None for op in ops):
-            state = dataclasses.replace(state, claims=await tx.load_claims(
-                head.store_id, [op.customer_id for op in ops], [getattr(op, "sale_id", "") for op in ops]))
-        programs = await tx.load_programs(head.brand_id, sorted(program_versions(ops, state)))
-        now = self.clock()
-        decided = reconcile(
-            store_id=head.store_id, brand_id=head.brand_id, seq=claim.seq, ops=ops, state=state, now=now,
-            programs=programs,
-        )
-        await tx.save_rows(decided)
-        await tx.save_claims(head.brand_id, decided.claim_rows)
-        # Last, and only if the batch changed someone: the brand's counter, locked to commit.
-        base = await tx.take_versions(head.brand_id, decided.counter) if decided.counter else 0
-        outcome = versioned(decided, base)
-        ack = Ack(head.store_id, claim.seq, claim.hash, now, outcome.results, outcome.balances)
-        sealed = seal(MessageType.ACK, encode_ack(ack), self.cloud_key.private, self.cloud_key.key_id)
-        current = state.program_version
-        program = programs.get(current) if current is not None and needs_program(outcome) else None
-        effects = batch_effects(outcome, program)
-        stored = _stored_body(claim.body, ops, state)
-        await tx.save_batch(
-            BatchCommit(
-                store_id=head.store_id,
-                brand_id=head.brand_id,
-                seq=claim.seq,
-                prev_seq=head.last_seq,
-                hash=claim.hash,
-                body=stored,
-                ack=sealed,
-                at=claim.at,
-                received_at=claim.received_at,
-                outcome=outcome,
-                messages=effects.messages,
-                consents=effects.consents,
-                balance_only=balance_only(state.customers, outcome.customers),
-            )
-        )
-        named = _identified(ops, outcome, state.merged)
-        collides = bool(named) and bool(await tx.find_collisions(head.brand_id, named))
-        return _Done(claim, len(ops), sealed, outcome, named if collides else [], stored is not claim.body)
-
     @staticmethod
-    def _log(one: _Done) -> None:
+    def _log(one: Done) -> None:
         outcome = one.outcome
         log.info(
             "store %s batch %d: %d ops, %d refused, %d applied with a note (see ops.note), %d mismatches,"
@@ -288,28 +206,3 @@ def _decode(claim: Claim) -> Batch:
 
 def _key(claim: Claim) -> tuple[str, int, bytes]:
     return claim.head.store_id, claim.seq, claim.hash
-
-
-def _identified(ops: tuple[Op, ...], outcome: BatchOutcome, merged: Mapping[str, str]) -> list[str]:
-    """Customers the batch applied a card code or phone to (enrolled, or changed; a merged id's survivor)."""
-    applied = {r.op_id for r in outcome.results if r.status is OpStatus.APPLIED}
-    return [merged.get(op.customer_id, op.customer_id) for op in ops
-            if isinstance(op, Enroll | UpdateProfile) and (op.card_code or op.phone) and op.op_id in applied]
-
-
-def program_versions(ops: tuple[Op, ...], state: LedgerState) -> set[int]:
-    """The program versions a batch needs: those its ops name, its sales' earns were rated with, the current."""
-    versions = {v for op in ops if isinstance(v := getattr(op, "program_version", None), int)}
-    versions.update(basis_version(s.basis) for s in state.sales.values() if s.basis is not None)
-    if state.program_version is not None:
-        versions.add(state.program_version)
-    return versions
-
-
-def _stored_body(body: bytes, ops: Sequence[Op], state: LedgerState) -> bytes:
-    """The batch as kept: scrubbed of the personal data of customers erased before it was
-    applied (a late op from an offline edge), so an erasure is never undone by a resend."""
-    erased = {cid for cid, c in state.customers.items() if is_erased(c.consent)}
-    if not erased or not any(op.customer_id in erased for op in ops):
-        return body
-    return redact_batch_body(body, erased) or body
