@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, ClassVar
@@ -18,9 +18,18 @@ from typing import Any, ClassVar
 import msgpack
 
 from .errors import LocalProtocolError, RemoteProtocolError
-from .ids import is_uuid, is_uuid7
+from .ids import is_uuid, is_uuid7, match_uuid, match_uuid7
 from .sale import MAX_LINES, MAX_QUANTITY, Sale, sale_from_wire
-from .validate import MAX_AMOUNT, MAX_POINTS, check_range, check_text, check_types, field_names, fields_of
+from .validate import (
+    MAX_AMOUNT,
+    MAX_POINTS,
+    check_range,
+    check_text,
+    check_types,
+    field_names,
+    field_set,
+    fields_of,
+)
 
 #: Milliseconds since the epoch; anything outside 2020..2100 is a broken clock.
 MIN_TIME_MS = 1_577_836_800_000
@@ -76,6 +85,8 @@ def _check_version(value: int | None, *, required: bool = True) -> None:
 
 def _check_counts(name: str, pairs: tuple[tuple[str, int], ...], most: int, high: int) -> None:
     """(id, count) pairs: each id once, each count in 1..high, at most ``most`` pairs."""
+    if not pairs:  # nothing to check, and most redemptions name no reward
+        return
     if len(pairs) > most:
         raise LocalProtocolError(f"{name} names at most {most} entries", code="out_of_range", field=name)
     if len({key for key, _ in pairs}) != len(pairs):
@@ -131,10 +142,16 @@ class Op:
 
     def __post_init__(self) -> None:
         check_types(self)
-        _check_id("op_id", self.op_id, v7=True)
-        _check_id("terminal_id", self.terminal_id)
-        _check_id("customer_id", self.customer_id)
-        _check_time("at", self.at)
+        # The ids are str now: match them directly, and let the checks raise only for a miss
+        # (this runs for every op of every batch the cloud decodes).
+        if match_uuid7(self.op_id) is None:
+            _check_id("op_id", self.op_id, v7=True)
+        if match_uuid(self.terminal_id) is None:
+            _check_id("terminal_id", self.terminal_id)
+        if match_uuid(self.customer_id) is None:
+            _check_id("customer_id", self.customer_id)
+        if not MIN_TIME_MS <= self.at <= MAX_TIME_MS:
+            _check_time("at", self.at)
         self._validate()
 
     def _validate(self) -> None:
@@ -385,29 +402,67 @@ _PAIR_FIELDS = ("rewards", "lines")
 
 def op_from_wire(obj: object) -> Op:
     """Build an op from its decoded msgpack map; RemoteProtocolError if invalid."""
-    if not isinstance(obj, Mapping):
+    if type(obj) is not dict and not isinstance(obj, Mapping):
         raise RemoteProtocolError("an op must be a map", code="bad_op")
     kind = obj.get("kind")
     cls = OP_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise RemoteProtocolError(f"unknown op kind {kind!r}", code="bad_op", field="kind")
     try:
-        kwargs = fields_of(cls, {k: v for k, v in obj.items() if k != "kind"}, f"{kind} op")
-        consent = kwargs.get("consent")
-        if consent is not None:
-            kwargs["consent"] = _consent_from_wire(consent)
-        if kwargs.get("sale") is not None:
-            kwargs["sale"] = _sale_from_wire(kwargs["sale"])
-        for name in ("clear", "groups"):
-            if isinstance(kwargs.get(name), list):
-                kwargs[name] = tuple(kwargs[name])
-        for name in _PAIR_FIELDS:
-            if isinstance(kwargs.get(name), list | tuple):
-                kwargs[name] = tuple(tuple(v) if isinstance(v, list) else v for v in kwargs[name])
+        wire_keys, conversions = _DECODING.get(cls) or _decoding(cls)
+        # The common case, a plain dict with exactly the op's keys, is copied in C and loses "kind";
+        # any other map takes the general path and its errors.
+        if type(obj) is dict and obj.keys() == wire_keys:
+            kwargs = obj.copy()
+            del kwargs["kind"]
+        else:
+            kwargs = fields_of(cls, {k: v for k, v in obj.items() if k != "kind"}, f"{kind} op")
+        for name, convert in conversions:
+            kwargs[name] = convert(kwargs[name])
         return cls(**kwargs)
     except LocalProtocolError as exc:
         code = "bad_op" if exc.code == "bad_shape" else exc.code
         raise RemoteProtocolError(exc.message, code=code, field=exc.field) from exc
+
+
+def _consent_field(value: Any) -> Any:
+    return _consent_from_wire(value) if value is not None else value
+
+
+def _sale_field(value: Any) -> Any:
+    return _sale_from_wire(value) if value is not None else value
+
+
+def _list_field(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _pairs_field(value: Any) -> Any:
+    if type(value) is tuple and not value:  # most redemptions name no reward
+        return value
+    if isinstance(value, list | tuple):
+        return tuple(tuple(v) if isinstance(v, list) else v for v in value)
+    return value
+
+
+#: What op_from_wire does to a field after reading it, in this order (JSON gives lists, msgpack
+#: here gives tuples; nested maps become their dataclasses).
+_CONVERSIONS: tuple[tuple[str, Callable[[Any], Any]], ...] = (
+    ("consent", _consent_field),
+    ("sale", _sale_field),
+    ("clear", _list_field),
+    ("groups", _list_field),
+    *((name, _pairs_field) for name in _PAIR_FIELDS),
+)
+_DECODING: dict[type, tuple[frozenset[str], tuple[tuple[str, Callable[[Any], Any]], ...]]] = {}
+
+
+def _decoding(cls: type[Op]) -> tuple[frozenset[str], tuple[tuple[str, Callable[[Any], Any]], ...]]:
+    """The class's wire keys (its fields and "kind") and the conversions of the fields it has."""
+    names = field_names(cls)
+    found = _DECODING[cls] = (field_set(cls) | {"kind"},
+                              tuple((name, convert) for name, convert in _CONVERSIONS if name in names))
+    return found
 
 
 def _sale_from_wire(obj: object) -> Sale:

@@ -76,7 +76,7 @@ def _checker(hint: Any) -> Checker:
             if item_types is not None:
                 return lambda value: type(value) is tuple and item_types.issuperset(map(type, value))
             item = _checker(args[0])
-            return lambda value: type(value) is tuple and all(item(v) for v in value)
+            return lambda value: type(value) is tuple and (not value or all(item(v) for v in value))
         items = tuple(_checker(arg) for arg in args)
         return lambda value: (
             type(value) is tuple and len(value) == len(items) and all(c(v) for c, v in zip(items, value, strict=True))
