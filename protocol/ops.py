@@ -174,22 +174,17 @@ class Op:
 
     def digest(self) -> bytes:
         """SHA-256 of the canonical encoding: same op content, same digest."""
-        return hashlib.sha256(_packer().pack(self.to_wire())).digest()
+        # This thread's Packer: msgpack.packb makes one per call (with this option), which costs
+        # about as much as packing an op. Per thread because a Packer has a buffer (reset after
+        # each pack, and on an error).
+        try:
+            pack = _PACKERS.pack
+        except AttributeError:
+            pack = _PACKERS.pack = msgpack.Packer(use_bin_type=True).pack
+        return hashlib.sha256(pack(self.to_wire())).digest()
 
 
 _PACKERS = threading.local()
-
-
-def _packer() -> msgpack.Packer:
-    """This thread's Packer, as ``msgpack.packb(..., use_bin_type=True)`` makes one per call.
-
-    Making it costs about as much as packing an op. One per thread: a Packer
-    has a buffer, and ``pack`` resets it after each call (autoreset).
-    """
-    packer: msgpack.Packer | None = getattr(_PACKERS, "packer", None)
-    if packer is None:
-        packer = _PACKERS.packer = msgpack.Packer(use_bin_type=True)
-    return packer
 
 
 def _value_to_wire(value: object) -> object:
