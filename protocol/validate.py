@@ -208,8 +208,9 @@ def check_text(name: str, value: str | None, max_len: int, *, required: bool = F
         raise LocalProtocolError(
             f"{name} is longer than {max_len} characters", code="too_long", field=name
         )
-    # For ASCII text isprintable() is false exactly for C0 and DEL, at a fraction of a regex search.
-    if not (value.isascii() and value.isprintable()) and _CONTROL.search(value):
+    # For ASCII text isprintable() is false exactly for C0 and DEL, at a fraction of a regex search;
+    # anything else (other text, and a value of the wrong type, which must fail as it always did) is searched.
+    if not (type(value) is str and value.isascii() and value.isprintable()) and _CONTROL.search(value):
         raise LocalProtocolError(
             f"{name} contains control characters", code="invalid_text", field=name
         )
