@@ -14,7 +14,12 @@ from collections.abc import Callable
 
 from .errors import LocalProtocolError
 
-_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_UUID7_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+#: Bound ``fullmatch`` of the patterns above, for hot paths that already know the value is a str
+#: (every op checks three ids: a function call less each is measurable).
+match_uuid = _UUID_RE.fullmatch
+match_uuid7 = _UUID7_RE.fullmatch
 
 
 def uuid7(now_ms: int, randbytes: Callable[[int], bytes] = os.urandom) -> str:
@@ -35,7 +40,8 @@ def is_uuid(value: object) -> bool:
 
 
 def is_uuid7(value: object) -> bool:
-    return is_uuid(value) and isinstance(value, str) and value[14] == "7" and value[19] in "89ab"
+    """True for a lower-case canonical UUID string of version 7 and the RFC 9562 variant."""
+    return isinstance(value, str) and _UUID7_RE.fullmatch(value) is not None
 
 
 def uuid7_time_ms(value: str) -> int:

@@ -516,3 +516,76 @@ def test_extra_keys_of_mixed_types_are_a_protocol_error() -> None:
         op_from_wire(wire)
     assert info.value.code == "bad_op"
     assert info.value.field in ("", "b''")
+
+
+# ------------------------------------------- every wire shape, pinned, and the type checks' two paths
+
+
+def every_shape() -> dict[str, Op]:
+    """One op of each kind with every nested shape set: consent, groups, a sale, pairs."""
+    from protocol.claim_ops import NO_CUSTOMER, Claim, UnclaimedSale
+
+    common: dict[str, Any] = {"op_id": OP_ID, "at": T0, "terminal_id": TERMINAL}
+    return {
+        "enroll": build(Enroll, groups=("staff", "vip"), signup_bonus=50, program_version=2),
+        "update_profile": build(UpdateProfile, name="Ana M", groups=(), opted_out=True),
+        "earn": build(Earn, sale=SALE, amount=SALE.total),
+        "redeem": build(Redeem, rewards=(("coffee", 1), ("mug", 2))),
+        "void": build(Void),
+        "adjust": build(Adjust),
+        "refund": build(Refund),
+        "unclaimed_sale": UnclaimedSale(**common, customer_id=NO_CUSTOMER, sale_id="S-1", amount=SALE.total,
+                                        program_version=1, sale=SALE, claim_hash="ab" * 32, expires_at=T0 + 1),
+        "claim": Claim(**common, customer_id=CUSTOMER, sale_id="S-1", points=17, program_version=1),
+    }
+
+
+#: Computed with the encoder before it was generated per class: a change here changes stored digests.
+PINNED_DIGESTS = {
+    "adjust": "261bd23f6160e36ab916ae8471b8fca82ec34762fce65da33aecf3cd22754051",
+    "claim": "f976b5447c7b7fe6fc79bd8c646bb03529509fb1f9a952be21ac11e0eb593bdf",
+    "earn": "e835d051a756f672d7d2ac2e92e9a7068fcddcb700a45ac286917e5c973b1d3a",
+    "enroll": "6e3a376ca4a6b904dd0d6618678e83e0995965ee8efb7aa0b9b854df7ff37d15",
+    "redeem": "286b542ecddc6f2b20c033e9b1b40d68d3f02493c86db802c3b723210239ce2c",
+    "refund": "1e38bd463932e221d345e43ff77054a68f521132963d72ca9c95b365d844acdb",
+    "unclaimed_sale": "c17147a8bed79b19ed71d91890f1a605dcb0a0b22bf330cff082d650bc691126",
+    "update_profile": "b2d7e877f1c3eff6e6ccee9838b9ffbbed8cdc0da712b541aa607d0cb0f9a71c",
+    "void": "e9aba1f320f4a88f59254182e3acd855804eb1f2be8f1476e8fd306e8869cfcc",
+}
+
+
+@pytest.mark.parametrize("name", sorted(PINNED_DIGESTS))
+def test_digest_of_every_op_shape_is_pinned(name: str) -> None:
+    op = every_shape()[name]
+    assert op.digest().hex() == PINNED_DIGESTS[name]
+    wire = msgpack.unpackb(msgpack.packb(op.to_wire(), use_bin_type=True), raw=False, use_list=False)
+    assert op_from_wire(wire) == op
+    assert op_from_wire(wire).digest() == op.digest()
+
+
+def test_type_checks_take_the_first_wrong_field_and_refuse_subclasses() -> None:
+    class Text(str):
+        pass
+
+    with pytest.raises(LocalProtocolError) as err:
+        build(Earn, sale_id=Text("S-1"))
+    assert (err.value.code, err.value.field) == ("invalid_type", "sale_id")
+    with pytest.raises(LocalProtocolError) as err:  # in field order, whatever the fast path saw
+        build(Earn, program_version="1", amount=True, sale_id=None)
+    assert (err.value.code, err.value.field) == ("invalid_type", "sale_id")
+    with pytest.raises(LocalProtocolError) as err:  # a tuple's items are checked too
+        build(Redeem, rewards=(("coffee", True),))
+    assert (err.value.code, err.value.field) == ("invalid_type", "rewards")
+    with pytest.raises(LocalProtocolError) as err:
+        build(UpdateProfile, groups=("staff", Text("vip")))
+    assert (err.value.code, err.value.field) == ("invalid_type", "groups")
+
+
+def test_a_consent_subclass_is_still_a_consent_on_the_wire() -> None:
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class PaperConsent(Consent):
+        pass
+
+    plain, paper = build(Enroll), build(Enroll, consent=PaperConsent(**consent_kw()))
+    assert paper.to_wire() == plain.to_wire()
+    assert paper.digest() == plain.digest()
