@@ -73,31 +73,7 @@ def _marks(cols: str) -> str:
     return ", ".join("?" for _ in cols.split(","))
 
 
-class _TxConn:
-    """The writer as one batch transaction sees it: once the transaction has ended, a statement
-    is refused rather than run outside it (the pipelined apply queues writes from tasks)."""
-
-    def __init__(self, conn: aiosqlite.Connection) -> None:
-        self._conn = conn
-        self.ended = False
-
-    def _check(self) -> None:
-        if self.ended:
-            raise StoreError("a statement came after its transaction ended; it was not run")
-
-    async def execute_fetchall(self, sql: str, params: Sequence[Any] = ()) -> Iterable[sqlite3.Row]:
-        self._check()
-        return await self._conn.execute_fetchall(sql, params)
-
-    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> aiosqlite.Cursor:
-        self._check()
-        return await self._conn.executemany(sql, rows)
-
-
-_Conn = aiosqlite.Connection | _TxConn
-
-
-async def _q(conn: _Conn, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+async def _q(conn: aiosqlite.Connection, sql: str, params: Sequence[Any] = ()) -> list[Row]:
     try:
         rows = await conn.execute_fetchall(sql, params)
     except sqlite3.Error as exc:
@@ -105,7 +81,7 @@ async def _q(conn: _Conn, sql: str, params: Sequence[Any] = ()) -> list[Row]:
     return [tuple(r) for r in rows]
 
 
-async def _many(conn: _Conn, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+async def _many(conn: aiosqlite.Connection, sql: str, rows: Iterable[Sequence[Any]]) -> None:
     batch = list(rows)
     if not batch:
         return
@@ -126,7 +102,7 @@ class _SQLiteSession:
 
     dialect = SQLITE
 
-    def __init__(self, conn: _Conn) -> None:
+    def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
@@ -139,7 +115,7 @@ class _SQLiteSession:
 class _SQLiteTx:
     """The ``LedgerTx`` of one open write transaction."""
 
-    def __init__(self, conn: _TxConn) -> None:
+    def __init__(self, conn: aiosqlite.Connection) -> None:
         self._conn = conn
 
     async def chain_head(self, store_id: str) -> ChainHead | None:
@@ -423,8 +399,4 @@ class SQLiteStorage(SqlCsv, SqlStoreKeys, SqlEngagement, SqlLedger):
     @asynccontextmanager
     async def batch_tx(self) -> AsyncIterator[_SQLiteTx]:
         async with self._write_conn() as conn:
-            guarded = _TxConn(conn)
-            try:
-                yield _SQLiteTx(guarded)
-            finally:
-                guarded.ended = True  # before the COMMIT or ROLLBACK is queued
+            yield _SQLiteTx(conn)

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from protocol import Batch, OpStatus, ProtocolError, decode_batch
 
-from .batch_apply import Done, Sealer, apply_in_turn, apply_pipelined
+from .batch_apply import Done, Sealer, apply_in_turn, apply_single_writer
 from .erasure import LATE_OP_TABLES
 from .errors import StoreError
 from .keys import CloudKey
@@ -116,7 +116,7 @@ class Worker:
                 )
             claimed = list(zip(claims, batches, strict=True))
             if self.storage.single_writer:
-                done = await apply_pipelined(tx, claimed, self._sealer)
+                done = await apply_single_writer(tx, claimed, self._sealer)
             else:
                 done = await apply_in_turn(tx, claimed, self._sealer)
         # Committed: every batch's ack stands, whatever happens next.

@@ -2,8 +2,8 @@
 
 Two ledgers on the same backend receive the same signed batches from the same stores; one
 applies them one batch per transaction, the other up to eight per transaction (SQLite: all
-loaded first, decided in turn over what the batches before left, their writes overlapping the
-next decision; PostgreSQL: their customers locked first, then batch after batch). With one
+loaded first, decided in turn over what the batches before left; PostgreSQL: their customers
+locked first, then batch after batch). With one
 clock, every table ends the same and every ack has the same bytes: sales, card runs, receipt
 claims, resent ops and refusals carry over from a batch to the next inside a step.
 """
