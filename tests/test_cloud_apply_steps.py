@@ -10,6 +10,8 @@ claims, resent ops and refusals carry over from a batch to the next inside a ste
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +94,17 @@ async def apply_all(storage: Storage, envelopes: list[bytes], group: int) -> lis
     return steps
 
 
+@contextmanager
+def separate(backend: k.Backend, path: Path) -> Iterator[tuple[k.Backend, Path]]:
+    """A ledger of its own on the test's backend: a directory (SQLite) or a fresh schema."""
+    path.mkdir()
+    if backend.dsn is None:
+        yield backend, path
+        return
+    with k.pg_backend() as fresh:
+        yield fresh, path
+
+
 async def snapshot(storage: Storage, backend: k.Backend, path: Path) -> dict[str, list[tuple[Any, ...]]]:
     tables = [t for t in k.TABLES if t not in ("stores", "store_keys", "store_sync")]  # keys differ per run
     return {t: sorted(await backend.rows(path / "cloud.sqlite3", f"SELECT * FROM {t}"), key=repr) for t in tables}
@@ -108,23 +121,13 @@ async def test_a_step_of_several_batches_decides_and_writes_what_steps_of_one_do
         envelopes.append(data)
     results = []
     for group in (1, 8):
-        if backend.dsn is None:
-            path, run_backend = tmp_path / f"group-{group}", backend
-            path.mkdir()
+        with separate(backend, tmp_path / f"group-{group}") as (run_backend, path):
             storage = await ledger(path, run_backend, signers)
             try:
                 steps = await apply_all(storage, envelopes, group)
                 results.append((steps, await snapshot(storage, run_backend, path)))
             finally:
                 await storage.close()
-        else:
-            with k.pg_backend() as run_backend:
-                storage = await ledger(tmp_path, run_backend, signers)
-                try:
-                    steps = await apply_all(storage, envelopes, group)
-                    results.append((steps, await snapshot(storage, run_backend, tmp_path)))
-                finally:
-                    await storage.close()
     (single, single_rows), (grouped, grouped_rows) = results
     assert [len(step) for step in single] == [1] * 5
     assert [len(step) for step in grouped] == [5]  # one transaction

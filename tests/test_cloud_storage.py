@@ -9,6 +9,8 @@ import re
 import sqlite3
 import stat
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -182,28 +184,51 @@ async def test_a_key_belongs_to_one_store(cloud_storage: Storage, backend: k.Bac
 
 # ---- set-based batches
 
+KEY = CloudKey.from_seed(b"\x07" * 32)
 
-async def test_a_big_batch_costs_a_constant_number_of_statements(tmp_path: Path) -> None:
-    """Loading and writing are per batch, never per op (the throughput target depends on it)."""
-    storage = SQLiteStorage(tmp_path / "ledger.sqlite3")
+
+@dataclass
+class Receiving:
+    """A seeded ledger whose service receives batches into the inbox; nobody applies them here."""
+
+    storage: Storage
+    stores: dict[str, k.StoreSigner]
+    service: SyncService
+
+    async def queue(self, store_id: str, ops: list[k.Op]) -> bytes:
+        """Receive the store's next batch of ``ops``; its envelope."""
+        signer = self.stores[store_id]
+        data, batch_hash = signer.batch(ops)
+        signer.advance(batch_hash)
+        with pytest.raises(NotYetApplied):
+            await self.service.submit_batch(data)
+        return data
+
+
+@asynccontextmanager
+async def receiving(storage: Storage) -> AsyncIterator[Receiving]:
     await storage.open(k.now_ms())
     try:
         stores: dict[str, k.StoreSigner] = {}
         await k.seed(storage, stores)
-        key = CloudKey.from_seed(b"\x07" * 32)
-        service = SyncService(storage, key, k.now_ms, ack_wait=0)  # received only: nobody applies here
-        signer = stores["store-a"]
+        yield Receiving(storage, stores, SyncService(storage, KEY, k.now_ms, ack_wait=0))
+    finally:
+        await storage.close()
+
+
+async def test_a_big_batch_costs_a_constant_number_of_statements(tmp_path: Path) -> None:
+    """Loading and writing are per batch, never per op (the throughput target depends on it)."""
+    storage = SQLiteStorage(tmp_path / "ledger.sqlite3")
+    async with receiving(storage) as inbox:
         ids = [k.any_uuid() for _ in range(300)]
-        data, _ = signer.batch([k.enroll(cid) for cid in ids] + [k.earn(cid, "s-" + cid, 3) for cid in ids])
-        with pytest.raises(NotYetApplied):
-            await service.submit_batch(data)
+        await inbox.queue("store-a", [k.enroll(cid) for cid in ids] + [k.earn(cid, "s-" + cid, 3) for cid in ids])
         statements: list[str] = []
         assert storage._writer is not None
         await storage._writer.set_trace_callback(statements.append)
-        applied = await Worker(storage, key, k.now_ms).apply_next()
+        applied = await Worker(storage, KEY, k.now_ms).apply_next()
         await storage._writer.set_trace_callback(None)
         assert applied is not None
-        ack = open_ack(applied.ack, key.public)
+        ack = open_ack(applied.ack, KEY.public)
         assert len(ack.results) == 600 and all(r.code is None for r in ack.results)
         # executemany traces one INSERT per row; every other statement is per batch
         per_batch = [sql for sql in statements if not sql.startswith("INSERT")]
@@ -212,8 +237,6 @@ async def test_a_big_batch_costs_a_constant_number_of_statements(tmp_path: Path)
         assert await storage.audit_balances() == []
         balances = k.balances_in_db(storage.path)
         assert len(balances) == 300 and set(balances.values()) == {3}
-    finally:
-        await storage.close()
 
 
 async def test_a_big_batch_on_postgres_costs_a_constant_number_of_statements(pg: k.Backend) -> None:
@@ -221,26 +244,16 @@ async def test_a_big_batch_on_postgres_costs_a_constant_number_of_statements(pg:
     assert pg.dsn is not None
     statements: list[str] = []
     storage = PgStorage(pg.dsn, on_query=statements.append)
-    await storage.open(k.now_ms())
-    try:
-        stores: dict[str, k.StoreSigner] = {}
-        await k.seed(storage, stores)
-        key = CloudKey.from_seed(b"\x07" * 32)
-        service = SyncService(storage, key, k.now_ms, ack_wait=0)
-        worker = Worker(storage, key, k.now_ms)
+    async with receiving(storage) as inbox:
+        worker = Worker(storage, KEY, k.now_ms)
         counts = []
         for size in (2, 3, 300):
             ids = [k.any_uuid() for _ in range(size)]
-            data, batch_hash = stores["store-a"].batch(
-                [k.enroll(cid) for cid in ids] + [k.earn(cid, "s-" + cid, 3) for cid in ids]
-            )
-            with pytest.raises(NotYetApplied):
-                await service.submit_batch(data)
+            await inbox.queue("store-a", [k.enroll(cid) for cid in ids] + [k.earn(cid, "s-" + cid, 3) for cid in ids])
             statements.clear()
             applied = await worker.apply_next()
             assert applied is not None
-            ack = open_ack(applied.ack, key.public)
-            stores["store-a"].advance(batch_hash)
+            ack = open_ack(applied.ack, KEY.public)
             assert len(ack.results) == 2 * size and all(r.code is None for r in ack.results)
             # ops, ledger entries and conflicts go by COPY (which asyncpg does not log), never row by row
             assert not [sql for sql in statements if sql.startswith(("INSERT INTO ops", "INSERT INTO ledger_entries"))]
@@ -253,8 +266,6 @@ async def test_a_big_batch_on_postgres_costs_a_constant_number_of_statements(pg:
         assert await pg.rows(Path(), "SELECT COUNT(*) FROM ledger_entries") == [(305,)]
         balances = await pg.balances(Path())
         assert len(balances) == 305 and set(balances.values()) == {3}
-    finally:
-        await storage.close()
 
 
 async def test_audit_finds_a_balance_that_is_not_the_sum_of_its_entries(tmp_path: Path, backend: k.Backend) -> None:
@@ -338,28 +349,16 @@ async def test_one_transaction_applies_several_stores_batches_each_seeing_the_on
     applies a's two and b's in one transaction, in chain order, each deciding on what the one
     before it wrote; z's brand waits for the next step. Every ack is the one a resend gets."""
     storage = backend.storage(tmp_path)
-    await storage.open(k.now_ms())
-    try:
-        stores: dict[str, k.StoreSigner] = {}
-        await k.seed(storage, stores)
-        key = CloudKey.from_seed(b"\x07" * 32)
-        service = SyncService(storage, key, k.now_ms, ack_wait=0)  # received only: nobody applies here
+    async with receiving(storage) as inbox:
         cid, zid = k.any_uuid(), k.any_uuid()
-        sent = [("store-a", [k.enroll(cid), k.earn(cid, "s1", 100)]),
-                ("store-z", [k.enroll(zid), k.earn(zid, "z1", 5)]),
-                ("store-b", [k.redeem(cid, "s2", 60)]),
-                ("store-a", [k.redeem(cid, "s3", 60), k.earn(cid, "s4", 10)])]
-        envelopes = []
-        for store_id, ops in sent:
-            data, batch_hash = stores[store_id].batch(ops)
-            stores[store_id].advance(batch_hash)
-            with pytest.raises(NotYetApplied):
-                await service.submit_batch(data)
-            envelopes.append(data)
-        worker = Worker(storage, key, k.now_ms, group=8)
+        envelopes = [await inbox.queue("store-a", [k.enroll(cid), k.earn(cid, "s1", 100)]),
+                     await inbox.queue("store-z", [k.enroll(zid), k.earn(zid, "z1", 5)]),
+                     await inbox.queue("store-b", [k.redeem(cid, "s2", 60)]),
+                     await inbox.queue("store-a", [k.redeem(cid, "s3", 60), k.earn(cid, "s4", 10)])]
+        worker = Worker(storage, KEY, k.now_ms, group=8)
         first = await worker.apply_some()
         assert [(a.store_id, a.seq) for a in first] == [("store-a", 1), ("store-b", 1), ("store-a", 2)]
-        acks = [open_ack(a.ack, key.public) for a in first]
+        acks = [open_ack(a.ack, KEY.public) for a in first]
         assert [[(r.status.value, r.code) for r in ack.results] for ack in acks] == [
             [("applied", None), ("applied", None)],
             [("applied", None)],
@@ -374,39 +373,27 @@ async def test_one_transaction_applies_several_stores_batches_each_seeing_the_on
         assert [(a.store_id, a.seq) for a in second] == [("store-z", 1)]
         assert await worker.apply_some() == []
         for data, applied in zip([envelopes[0], envelopes[2], envelopes[3]], first, strict=True):
-            assert await service.submit_batch(data) == applied.ack  # a resend gets the stored ack
+            assert await inbox.service.submit_batch(data) == applied.ack  # a resend gets the stored ack
         assert await storage.audit_balances() == []
         conflicts = await storage.list_conflicts()
         assert [(c.store_id, c.points_requested, c.balance_available) for c in conflicts] == [("store-a", 60, 40)]
-    finally:
-        await storage.close()
 
 
 async def test_several_batches_commit_once_on_sqlite(tmp_path: Path) -> None:
     """The point of a step of several batches: one COMMIT (one fsync) for all of them."""
     storage = SQLiteStorage(tmp_path / "cloud.sqlite3")
-    await storage.open(k.now_ms())
-    try:
-        stores: dict[str, k.StoreSigner] = {}
-        await k.seed(storage, stores)
-        key = CloudKey.from_seed(b"\x07" * 32)
-        service = SyncService(storage, key, k.now_ms, ack_wait=0)
+    async with receiving(storage) as inbox:
         for n in range(3):
             cid = k.any_uuid()
-            data, batch_hash = stores["store-a"].batch([k.enroll(cid), k.earn(cid, f"s{n}", 5)])
-            stores["store-a"].advance(batch_hash)
-            with pytest.raises(NotYetApplied):
-                await service.submit_batch(data)
+            await inbox.queue("store-a", [k.enroll(cid), k.earn(cid, f"s{n}", 5)])
         statements: list[str] = []
         assert storage._writer is not None
         await storage._writer.set_trace_callback(statements.append)
-        applied = await Worker(storage, key, k.now_ms, group=8).apply_some()
+        applied = await Worker(storage, KEY, k.now_ms, group=8).apply_some()
         await storage._writer.set_trace_callback(None)
         assert [a.seq for a in applied] == [1, 2, 3]
         assert [sql for sql in statements if sql in ("BEGIN IMMEDIATE", "COMMIT")] == ["BEGIN IMMEDIATE", "COMMIT"]
         assert len(k.balances_in_db(storage.path)) == 3
-    finally:
-        await storage.close()
 
 
 async def test_a_batch_that_cannot_be_applied_costs_the_rest_of_its_step_only_a_retry(
@@ -415,56 +402,39 @@ async def test_a_batch_that_cannot_be_applied_costs_the_rest_of_its_step_only_a_
     """Store b's batch no longer decodes (a damaged inbox row): the step holding it and a's batch
     rolls back whole, the next step takes a's batch alone and applies it; b's stays, reported."""
     storage = backend.storage(tmp_path)
-    await storage.open(k.now_ms())
-    worker: Worker | None = None
-    task = None
-    try:
-        stores: dict[str, k.StoreSigner] = {}
-        await k.seed(storage, stores)
-        key = CloudKey.from_seed(b"\x07" * 32)
-        service = SyncService(storage, key, k.now_ms, ack_wait=0)
+    async with receiving(storage) as inbox:
         cid = k.any_uuid()
-        for store_id, ops in (("store-a", [k.enroll(cid), k.earn(cid, "s1", 10)]),
-                              ("store-b", [k.earn(cid, "s2", 5)])):
-            data, _ = stores[store_id].batch(ops)
-            with pytest.raises(NotYetApplied):
-                await service.submit_batch(data)
+        await inbox.queue("store-a", [k.enroll(cid), k.earn(cid, "s1", 10)])
+        await inbox.queue("store-b", [k.earn(cid, "s2", 5)])
         damaged = "'\\xc1'::bytea" if backend.dsn is not None else "X'c1'"
         await backend.execute(db_file(tmp_path), f"UPDATE inbox SET body = {damaged} WHERE store_id = 'store-b'")
         applied: list[tuple[str, int]] = []
-        worker = Worker(storage, key, k.now_ms, group=8, on_applied=lambda a: applied.append((a.store_id, a.seq)))
+        worker = Worker(storage, KEY, k.now_ms, group=8, on_applied=lambda a: applied.append((a.store_id, a.seq)))
         task = asyncio.create_task(worker.run(poll_interval=0.01))
-        for _ in range(100):  # bounded: 5 s
-            if applied:
-                break
-            await asyncio.sleep(0.05)
+        try:
+            for _ in range(100):  # bounded: 5 s
+                if applied:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            worker.stop()
+            await asyncio.wait_for(task, 10)
         assert applied == [("store-a", 1)]
         assert await storage.inbox_depth() == 1
         assert "store-b no longer decodes" in caplog.text
         assert await storage.audit_balances() == []
-    finally:
-        if worker is not None and task is not None:
-            worker.stop()
-            await asyncio.wait_for(task, 10)
-        await storage.close()
 
 
 async def test_sqlite_copies_its_wal_into_the_database_off_the_writers_path(tmp_path: Path) -> None:
     """Committed batches reach the database file itself (read as immutable: the WAL ignored)
     through the checkpointer, while the writer's own checkpoint waits for 4,000 WAL pages."""
     storage = SQLiteStorage(tmp_path / "cloud.sqlite3")
-    await storage.open(k.now_ms())
-    try:
+    async with receiving(storage) as inbox:
         assert storage._writer is not None
         assert await storage._writer.execute_fetchall("PRAGMA wal_autocheckpoint") == [(4000,)]
-        stores: dict[str, k.StoreSigner] = {}
-        await k.seed(storage, stores)
-        key = CloudKey.from_seed(b"\x07" * 32)
         cid = k.any_uuid()
-        data, _ = stores["store-a"].batch([k.enroll(cid), k.earn(cid, "s1", 5)])
-        with pytest.raises(NotYetApplied):
-            await SyncService(storage, key, k.now_ms, ack_wait=0).submit_batch(data)
-        assert await Worker(storage, key, k.now_ms).apply_next() is not None
+        await inbox.queue("store-a", [k.enroll(cid), k.earn(cid, "s1", 5)])
+        assert await Worker(storage, KEY, k.now_ms).apply_next() is not None
 
         def in_file() -> list[tuple[int]]:
             db = sqlite3.connect(f"file:{storage.path}?immutable=1", uri=True)
@@ -479,8 +449,6 @@ async def test_sqlite_copies_its_wal_into_the_database_off_the_writers_path(tmp_
             await asyncio.sleep(0.05)
         assert in_file() == [(5,)]
         assert storage._checkpointer.runs >= 1
-    finally:
-        await storage.close()
 
 
 def test_balance_only_names_the_customers_whose_profile_a_batch_left_as_it_was() -> None:
