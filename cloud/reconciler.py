@@ -285,8 +285,14 @@ class _Batch:
         cust = self.customer(op.customer_id)
         if cust is None:
             return _refuse(UNKNOWN_CUSTOMER)
-        sale = self.open_sale(op.sale_id, cust.row.customer_id)
-        if self.state.merged.get(sale.customer_id, sale.customer_id) != cust.row.customer_id:
+        customer_id = cust.row.customer_id
+        sale = self.sales.get(op.sale_id)
+        if sale is None:
+            sale = self.open_sale(op.sale_id, customer_id)
+        owner = sale.customer_id
+        if self.merged:
+            owner = self.merged.get(owner, owner)
+        if owner != customer_id:
             return _refuse(CUSTOMER_MISMATCH)
         if sale.voided_by is not None:
             return _refuse(SALE_VOIDED)
@@ -451,7 +457,7 @@ class _Batch:
         )
 
     def balances(self, ops: Sequence[Op]) -> tuple[Balance, ...]:
-        merged = self.merged
+        merged, loaded, brand_id = self.merged, self.customers, self.brand_id
         out: dict[str, Balance] = {}
         seen: set[str] = set()  # customer ids already answered or unknown: one lookup each
         for op in ops:
@@ -463,7 +469,13 @@ class _Batch:
                 cid = merged.get(cid, cid)  # a merged id: its survivor's
                 if cid in out:
                     continue
-            cust = self.customer(cid)
+                cust = self.customer(cid)
+            else:  # what customer() does, without a call for the customers an op already loaded
+                cust = loaded.get(cid)
+                if cust is None:
+                    cust = self.customer(cid)
+                elif cust.row.brand_id != brand_id:
+                    cust = None
             if cust is not None:
                 out[cid] = Balance(cid, cust.balance, cust.version)
         return tuple(out.values())
