@@ -310,8 +310,10 @@ class _Batch:
         return f"program_version {op.program_version} differs from current {current}"
 
     def _noted(self, op: Earn | Redeem, edge_points: int, expected: Expected | None) -> str | None:
+        if expected is None and op.program_version == self.state.program_version:
+            return None  # the common case: nothing to say, said without a call
         note = self._version_note(op)
-        if expected is None:  # the common case: the cloud agrees
+        if expected is None:
             return note
         mismatch = self.mismatch(op, op.sale_id, op.program_version, edge_points, expected)
         return mismatch if note is None else f"{note}; {mismatch}"
