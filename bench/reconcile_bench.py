@@ -11,7 +11,8 @@ equal results, rows, notes and messages), and a last line ``BENCH_JSON {...}``.
 
 ``--compare DIR`` runs the same measurement, interleaved, on another checkout
 (e.g. ``git worktree``/``git archive`` of main) in a child process each time, to
-compare on a noisy machine.
+compare on a noisy machine. ``--breakdown`` prints what the pieces of an op
+cost alone (µs per op): the protocol calls and the frozen rows every op needs.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
+import timeit
 import uuid
 from pathlib import Path
 from typing import Any
@@ -127,6 +129,42 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def breakdown(args: argparse.Namespace) -> dict[str, float]:
+    """What the pieces of an op cost alone (least of many runs, in this process): the protocol
+    calls every op makes, and the frozen rows the apply step must build; what reconcile costs
+    beyond them is its own."""
+    from cloud.model import LedgerEntry, OpRecord, SaleState
+    from protocol import Balance, OpResult, OpStatus
+
+    store_id, brand_id, batches = _states(args.customers, args.batches, args.ops)
+    programs = {1: Program(brand_id, 1, "Bench", 1, 100, SETTINGS)}
+    seq, ops, state, _ = batches[-1]
+    decided = reconcile(store_id=store_id, brand_id=brand_id, seq=seq, ops=ops, state=state, now=1,
+                        programs=programs)
+    row = next(iter(state.customers.values()))
+
+    def cost(fn: Any) -> float:
+        return round(min(timeit.repeat(fn, number=3, repeat=args.reps * 2)) / 3 / len(ops) * 1e6, 2)
+
+    return {
+        "reconcile": cost(lambda: reconcile(store_id=store_id, brand_id=brand_id, seq=seq, ops=ops, state=state,
+                                            now=1, programs=programs)),
+        "protocol Op.digest": cost(lambda: [op.digest() for op in ops]),
+        "protocol OpResult": cost(lambda: [OpResult(op.op_id, OpStatus.APPLIED, None, 5) for op in ops]),
+        "protocol Balance": cost(lambda: [Balance(op.customer_id, 5, 7) for op in ops]),
+        "row OpRecord": cost(lambda: [OpRecord(op.op_id, b"", store_id, seq, "earn", op.terminal_id, op.customer_id,
+                                               "applied", None, 5, 1, None, op.at, 1) for op in ops]),
+        "row LedgerEntry": cost(lambda: [LedgerEntry(op.customer_id, op.op_id, store_id, None, "earn", 5, op.at)
+                                         for op in ops]),
+        "row SaleState": cost(lambda: [SaleState(store_id, op.op_id, op.customer_id, 5, 0, None, None)
+                                       for op in ops]),
+        "row CustomerState": cost(lambda: [CustomerState(
+            row.customer_id, row.brand_id, row.name, row.phone, row.email, row.card_code, row.consent, row.balance, 9,
+            row.enrolled_store, row.created_at, row.updated_at, row.groups, row.opted_out) for _ in ops]),
+        "changed customers per op": round(len(decided.customers) / len(ops), 2),
+    }
+
+
 def _child(root: Path, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--customers", str(args.customers), "--batches",
            str(args.batches), "--ops", str(args.ops), "--reps", str(args.reps)]
@@ -145,7 +183,14 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--compare", type=Path, help="another checkout to measure, interleaved, as the baseline")
     parser.add_argument("--rounds", type=int, default=3, help="with --compare: child runs per checkout")
+    parser.add_argument("--breakdown", action="store_true", help="what the pieces of an op cost alone")
     args = parser.parse_args()
+    if args.breakdown:
+        pieces = breakdown(args)
+        for name, value in pieces.items():
+            print(f"{name:>26}: {value:8.2f}")
+        print("BENCH_JSON " + json.dumps(pieces))
+        return 0
     if args.compare is None:
         result = measure(args)
         for step in (*STEPS, "total"):
