@@ -105,10 +105,10 @@ def batch_effects(outcome: BatchOutcome, program: Program | None) -> BatchEffect
 def earned_messages(brand_id: str, customer_id: str, op_id: str, before: int, after: int, at: int,
                     rewards: Sequence[Reward]) -> list[OutboxMessage]:
     """Points earned (``after - before``), and the rewards the new balance reaches, if any."""
-    messages = [OutboxMessage(
-        f"earned:{op_id}", brand_id, customer_id, MessageKind.POINTS_EARNED,
-        _json({"points": after - before, "balance": after}), at,
-    )]
+    # What _json({"points": ..., "balance": ...}) writes (keys sorted, ints as decimal), without
+    # encoding a dict per earn.
+    data = f'{{"balance":{after},"points":{after - before}}}'
+    messages = [OutboxMessage(f"earned:{op_id}", brand_id, customer_id, MessageKind.POINTS_EARNED, data, at)]
     reached = [r for r in rewards if before < r.points <= after]
     if reached:
         messages.append(OutboxMessage(

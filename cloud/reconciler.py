@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from protocol import (
     Adjust,
@@ -37,6 +38,7 @@ from protocol import (
     Enroll,
     LocalProtocolError,
     Op,
+    OpKind,
     OpResult,
     OpStatus,
     Program,
@@ -123,13 +125,16 @@ class _Batch:
         self.mismatches: list[MismatchRecord] = []
         self.shortfalls: list[ShortfallRecord] = []
         self.claim_work = ClaimWork(state.claims)
+        self.merged = state.merged
 
     # ---- working state
 
     def customer(self, customer_id: str) -> WorkingCustomer | None:
         """The customer if it exists in this store's brand (another brand's is unknown here); a merged
         duplicate's id gives its survivor."""
-        customer_id = self.state.merged.get(customer_id, customer_id)
+        merged = self.merged
+        if merged:
+            customer_id = merged.get(customer_id, customer_id)
         cust = self.customers.get(customer_id)
         if cust is None:
             row = self.state.customers.get(customer_id)
@@ -171,7 +176,11 @@ class _Batch:
         if points == 0:
             return
         cust.balance += points
-        self.touch(cust, op.at)
+        # touch(), inline: this runs for most ops.
+        self.counter += 1
+        cust.version = self.counter
+        cust.updated_at = op.at
+        self.changed.add(cust.row.customer_id)
         self.entries.append(
             LedgerEntry(cust.row.customer_id, op.op_id, self.store_id, sale_id, kind, points, op.at)
         )
@@ -224,7 +233,8 @@ class _Batch:
     def enroll(self, op: Enroll) -> _Decision:
         if self.customer_id_taken(op.customer_id):
             return _refuse(CUSTOMER_EXISTS)
-        consent = dataclasses.asdict(op.consent)
+        # Its flat fields as they are: dataclasses.asdict deep-copies every value on the way.
+        consent = {f.name: getattr(op.consent, f.name) for f in dataclasses.fields(op.consent)}
         consent["channels"] = list(op.consent.channels)
         row = CustomerState(
             customer_id=op.customer_id,
@@ -280,8 +290,14 @@ class _Batch:
         cust = self.customer(op.customer_id)
         if cust is None:
             return _refuse(UNKNOWN_CUSTOMER)
-        sale = self.open_sale(op.sale_id, cust.row.customer_id)
-        if self.state.merged.get(sale.customer_id, sale.customer_id) != cust.row.customer_id:
+        customer_id = cust.row.customer_id
+        sale = self.sales.get(op.sale_id)
+        if sale is None:
+            sale = self.open_sale(op.sale_id, customer_id)
+        owner = sale.customer_id
+        if self.merged:
+            owner = self.merged.get(owner, owner)
+        if owner != customer_id:
             return _refuse(CUSTOMER_MISMATCH)
         if sale.voided_by is not None:
             return _refuse(SALE_VOIDED)
@@ -294,29 +310,39 @@ class _Batch:
         return f"program_version {op.program_version} differs from current {current}"
 
     def _noted(self, op: Earn | Redeem, edge_points: int, expected: Expected | None) -> str | None:
-        notes = [self._version_note(op)]
-        if expected is not None:
-            notes.append(self.mismatch(op, op.sale_id, op.program_version, edge_points, expected))
-        return "; ".join(n for n in notes if n) or None
+        if expected is None and op.program_version == self.state.program_version:
+            return None  # the common case: nothing to say, said without a call
+        note = self._version_note(op)
+        if expected is None:
+            return note
+        mismatch = self.mismatch(op, op.sale_id, op.program_version, edge_points, expected)
+        return mismatch if note is None else f"{note}; {mismatch}"
 
     def earn(self, op: Earn) -> _Decision:
         found = self._sale_for(op)
         if isinstance(found, _Decision):
             return found
         cust, sale = found
-        if sale.earned + op.points > MAX_POINTS:
+        points = op.points
+        if sale.earned + points > MAX_POINTS:
             return _refuse(SALE_LIMIT)
-        sale.earned += op.points
-        basis = EarnBasis.of(op, cust.rated_as)
-        if basis is not None and sale.basis is None:
-            # An erased customer's sale keeps its lines and amounts, not its card tokens.
-            sale.basis = scrub_basis(basis.to_bytes()) if is_erased(cust.row.consent) else basis.to_bytes()
+        sale.earned += points
+        rated_as = cust.rated_as
+        # Only an earn with lines has a basis to refund from and a card to link; an amount-only
+        # earn (the common one) skips both.
+        lines = op.sale
+        erased = lines is not None and is_erased(cust.row.consent)
+        if lines is not None:
+            basis = EarnBasis(lines, op.program_version, op.at, rated_as)
+            if sale.basis is None:
+                # An erased customer's sale keeps its lines and amounts, not its card tokens.
+                sale.basis = scrub_basis(basis.to_bytes()) if erased else basis.to_bytes()
         self.changed_sales.add(op.sale_id)
-        self.move(cust, op, "earn", op.points, op.sale_id)
-        if not is_erased(cust.row.consent):  # an erased person's card is never linked again
+        self.move(cust, op, "earn", points, op.sale_id)
+        if lines is not None and not erased:  # an erased person's card is never linked again
             self.claim_work.card_payment(self, cust, op)
-        expected = verification.earn(op, self.programs.at(op.program_version), cust.rated_as)
-        return _Decision(_APPLIED, points=op.points, note=self._noted(op, op.points, expected))
+        expected = verification.earn(op, self.programs.at(op.program_version), rated_as)
+        return _Decision(_APPLIED, points=points, note=self._noted(op, points, expected))
 
     def redeem(self, op: Redeem) -> _Decision:
         found = self._sale_for(op)
@@ -404,6 +430,10 @@ class _Batch:
         return _Decision(_APPLIED, points=op.points)
 
     def decide(self, op: Op) -> _Decision:
+        # The common kinds by exact type, one lookup; the chain below has the claim kinds.
+        handler = _HANDLERS.get(type(op))
+        if handler is not None:
+            return handler(self, op)
         if isinstance(op, Enroll):
             return self.enroll(op)
         if isinstance(op, UpdateProfile):
@@ -427,34 +457,44 @@ class _Batch:
     # ---- the whole batch
 
     def record(self, op: Op, digest: bytes, decision: _Decision) -> OpRecord:
-        version = getattr(op, "program_version", None)
+        # Positional, and the enums' values from a dict: enum ``.value`` is a slow descriptor.
         return OpRecord(
-            op_id=op.op_id,
-            digest=digest,
-            store_id=self.store_id,
-            seq=self.seq,
-            kind=op.kind.value,
-            terminal_id=op.terminal_id,
-            customer_id=op.customer_id,
-            status=decision.status.value,
-            code=decision.code,
-            points=decision.points,
-            program_version=version,
-            note=decision.note,
-            at=op.at,
-            created_at=self.now,
+            op.op_id, digest, self.store_id, self.seq, _KIND_VALUES[op.kind], op.terminal_id, op.customer_id,
+            _STATUS_VALUES[decision.status], decision.code, decision.points, getattr(op, "program_version", None),
+            decision.note, op.at, self.now,
         )
 
     def balances(self, ops: Sequence[Op]) -> tuple[Balance, ...]:
+        merged, loaded, brand_id = self.merged, self.customers, self.brand_id
         out: dict[str, Balance] = {}
+        seen: set[str] = set()  # customer ids already answered or unknown: one lookup each
         for op in ops:
-            cid = self.state.merged.get(op.customer_id, op.customer_id)  # a merged id: its survivor's
-            if cid in out:
+            cid = op.customer_id
+            if cid in seen:
                 continue
-            cust = self.customer(cid)
+            seen.add(cid)
+            if merged:
+                cid = merged.get(cid, cid)  # a merged id: its survivor's
+                if cid in out:
+                    continue
+                cust = self.customer(cid)
+            else:  # what customer() does, without a call for the customers an op already loaded
+                cust = loaded.get(cid)
+                if cust is None:
+                    cust = self.customer(cid)
+                elif cust.row.brand_id != brand_id:
+                    cust = None
             if cust is not None:
                 out[cid] = Balance(cid, cust.balance, cust.version)
         return tuple(out.values())
+
+
+_HANDLERS: dict[type[Op], Callable[[_Batch, Any], _Decision]] = {
+    Earn: _Batch.earn, Redeem: _Batch.redeem, Adjust: _Batch.adjust, Void: _Batch.void, Refund: _Batch.refund,
+    Enroll: _Batch.enroll, UpdateProfile: _Batch.update_profile,
+}
+_KIND_VALUES = {kind: kind.value for kind in OpKind}
+_STATUS_VALUES = {status: status.value for status in OpStatus}
 
 
 def reconcile(
@@ -473,9 +513,11 @@ def reconcile(
     work = _Batch(store_id, brand_id, seq, state, Programs(programs or {}, state.program_version), now)
     results: list[OpResult] = []
     records: list[OpRecord] = []
+    known_ops = state.ops
+    decide, record = work.decide, work.record
     for op in ops:
         digest = op.digest()
-        known = state.ops.get(op.op_id)
+        known = known_ops.get(op.op_id) if known_ops else None
         if known is not None:
             if known.digest == digest:
                 results.append(OpResult(op.op_id, OpStatus(known.status), known.code, known.points))
@@ -483,16 +525,16 @@ def reconcile(
                 # Not recorded: the op_id already names another op, whose result stands.
                 results.append(OpResult(op.op_id, _REFUSED, OP_ID_CONFLICT, 0))
             continue
-        decision = work.decide(op)
+        decision = decide(op)
         results.append(OpResult(op.op_id, decision.status, decision.code, decision.points))
-        records.append(work.record(op, digest, decision))
+        records.append(record(op, digest, decision))
 
     customers = [work.customers[cid].final() for cid in sorted(work.changed)]
     sales = [
         SaleState(store_id, sid, s.customer_id, s.earned, s.redeemed, s.voided_by, s.voided_at, s.basis,
                   s.returned, s.earn_reversed, s.redeem_returned)
-        for sid, s in sorted(work.sales.items())
-        if sid in work.changed_sales
+        for sid in sorted(work.changed_sales)
+        if (s := work.sales.get(sid)) is not None
     ]
     return BatchOutcome(
         results=tuple(results),

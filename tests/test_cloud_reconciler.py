@@ -226,3 +226,18 @@ def test_versions_decided_from_zero_move_past_the_brand_counter() -> None:
     assert moved.balances == (Balance(cid, 10, 102), Balance(other, 5, 40))
     assert (moved.counter, moved.results, moved.entries) == (102, out.results, out.entries)
     assert versioned(out, 0) is out
+
+
+def test_rows_built_positionally_name_every_field() -> None:
+    """The apply step builds these rows positionally (dataclasses.replace is too slow per op):
+    a field added or moved must be added or moved there too (model.versioned, WorkingCustomer.final,
+    _Batch.record)."""
+    assert [f.name for f in dataclasses.fields(CustomerState)] == [
+        "customer_id", "brand_id", "name", "phone", "email", "card_code", "consent", "balance", "version",
+        "enrolled_store", "created_at", "updated_at", "groups", "opted_out"]
+    assert [f.name for f in dataclasses.fields(BatchOutcome)] == [
+        "results", "balances", "ops", "customers", "sales", "entries", "conflicts", "counter", "mismatches",
+        "shortfalls", "claim_rows"]
+    assert [f.name for f in dataclasses.fields(OpRecord)] == [
+        "op_id", "digest", "store_id", "seq", "kind", "terminal_id", "customer_id", "status", "code", "points",
+        "program_version", "note", "at", "created_at"]
