@@ -1,21 +1,19 @@
 """Applying the batches a worker claimed, inside its one write transaction.
 
-Two ways, one result (the same rows, the same acks):
+Every batch's state is loaded first (on PostgreSQL the worker has already
+locked all their customers in one order). The batches are then decided in
+turn, each over what the ones before it left (``_Overlay``: customers, ops,
+sales, unclaimed sales, card runs), with versions counted from 0 across the
+step, and their rows without versions written. Only then is the brand's
+counter taken, once (on PostgreSQL it stays locked until the commit), the
+versions moved past it, the acks sealed and the customers and batches
+written. A step of one batch is the same path.
 
-``apply_in_turn`` (PostgreSQL, row locks): each batch loads what it reads
-(its customers locked), is decided, writes its rows, takes versions from the
-brand counter (locked to commit) and writes its customers and ack; the next
-batch reads what the one before wrote.
-
-``apply_single_writer`` (SQLite): nobody else writes until the commit, so
-every batch's state is loaded first, the brand counter is read once and
-versions are handed out from it as the batches are decided (no moving them
-afterwards), each batch deciding on the state the ones before it left
-(``_Overlay``), and the counter is written once, at the end.
-
-Queuing a batch's writes on SQLite's thread while Python decides the next
-was tried and measured: no faster, because the thread needs the GIL between
-rows and the deciding loop holds it (CPU time equalled wall time).
+Taking the counter per batch held it from the step's first batch to its
+commit, and two PostgreSQL workers of a brand then took turns instead of
+overlapping. Queuing a batch's writes on SQLite's thread while Python
+decides the next was also tried: no faster, because that thread needs the
+GIL between rows and the deciding loop holds it (CPU time equalled wall time).
 """
 
 from __future__ import annotations
@@ -98,26 +96,8 @@ class Sealer:
         return Done(claim, len(batch.ops), sealed, outcome, named, stored is not claim.body), commit
 
 
-async def apply_in_turn(tx: LedgerTx, claimed: Sequence[tuple[Claim, Batch]], sealer: Sealer) -> list[Done]:
-    done = []
-    for claim, batch in claimed:
-        head = claim.head
-        state = await _load(tx, claim, batch)
-        programs = await tx.load_programs(head.brand_id, sorted(program_versions(batch.ops, state)))
-        now = sealer.clock()
-        decided = reconcile(store_id=head.store_id, brand_id=head.brand_id, seq=claim.seq, ops=batch.ops,
-                            state=state, now=now, programs=programs)
-        await tx.save_rows(decided)
-        await tx.save_claims(head.brand_id, decided.claim_rows)
-        # Last, and only if the batch changed someone: the brand's counter, locked to commit.
-        base = await tx.take_versions(head.brand_id, decided.counter) if decided.counter else 0
-        one, commit = sealer.seal(claim, batch, state, programs, versioned(decided, base), now)
-        await tx.save_batch(commit)
-        done.append(await _collisions(tx, one))
-    return done
-
-
-async def apply_single_writer(tx: LedgerTx, claimed: Sequence[tuple[Claim, Batch]], sealer: Sealer) -> list[Done]:
+async def apply_step(tx: LedgerTx, claimed: Sequence[tuple[Claim, Batch]], sealer: Sealer) -> list[Done]:
+    """Decide and write one brand's claimed batches, in order, inside the caller's transaction."""
     if not claimed:
         return []
     brand_id = claimed[0][0].head.brand_id
@@ -125,9 +105,9 @@ async def apply_single_writer(tx: LedgerTx, claimed: Sequence[tuple[Claim, Batch
     wanted = set().union(*(program_versions(batch.ops, state) for (_, batch), state in zip(claimed, loaded,
                                                                                               strict=True)))
     programs = await tx.load_programs(brand_id, sorted(wanted))
-    start = counter = await tx.brand_counter(brand_id)
     overlay = _Overlay()
-    done = []
+    decided = []
+    counter = 0  # versions count from 0 across the step, moved past the brand's counter at the end
     for (claim, batch), read in zip(claimed, loaded, strict=True):
         state = overlay.over(read, claim.head.store_id, counter)
         now = sealer.clock()
@@ -135,13 +115,19 @@ async def apply_single_writer(tx: LedgerTx, claimed: Sequence[tuple[Claim, Batch
                             state=state, now=now, programs=programs)
         counter = outcome.counter
         overlay.add(claim.head.store_id, outcome)
-        one, commit = sealer.seal(claim, batch, state, programs, outcome, now)
         await tx.save_rows(outcome)
         await tx.save_claims(brand_id, outcome.claim_rows)
+        decided.append((claim, batch, state, outcome, now))
+    # Last, and only if the step changed someone: the brand's counter, locked to commit (PostgreSQL),
+    # so the brand's other workers wait for it only while the customers and acks are written.
+    base = await tx.take_versions(brand_id, counter) if counter else 0
+    counted: set[str] = set()  # customers whose versions this step handed out, so far
+    done = []
+    for claim, batch, state, outcome, now in decided:
+        counted.update(c.customer_id for c in outcome.customers)
+        one, commit = sealer.seal(claim, batch, state, programs, versioned(outcome, base, counted), now)
         await tx.save_batch(commit)
         done.append(one)
-    if counter != start and await tx.take_versions(brand_id, counter - start) != start:
-        raise StoreError(f"brand {brand_id}'s counter moved under the single writer")  # a bug
     return [await _collisions(tx, one) for one in done]
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import operator
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -330,10 +330,12 @@ class BatchOutcome:
     claim_rows: ClaimRows = field(default_factory=ClaimRows)
 
 
-def versioned(outcome: BatchOutcome, base: int) -> BatchOutcome:
+def versioned(outcome: BatchOutcome, base: int, counted: Collection[str] = ()) -> BatchOutcome:
     """The outcome of a batch decided from counter 0, with the versions it handed out (1..n)
     moved past ``base``, the brand's counter. Deciding first and taking the counter last keeps
-    the counter's lock (and with it the brand's batches in a row) as short as it can be."""
+    the counter's lock (and with it the brand's batches in a row) as short as it can be.
+    ``counted``: customers an earlier batch of the same step changed (their versions in this
+    batch's balances are counted from 0 too)."""
     if base == 0:
         return outcome
     customers = tuple(
@@ -342,7 +344,7 @@ def versioned(outcome: BatchOutcome, base: int) -> BatchOutcome:
                       c.version + base, c.enrolled_store, c.created_at, c.updated_at, c.groups, c.opted_out)
         for c in outcome.customers
     )
-    changed = {c.customer_id for c in customers}
+    changed = {c.customer_id for c in customers}.union(counted)
     return BatchOutcome(
         outcome.results,
         tuple(

@@ -206,7 +206,7 @@ class _PgTx:
             sorted(set(sale_ids)),
         )
         customers, merged = await load_customers(_PgSession(conn), [*customer_ids, *(r[2] for r in sales)])
-        self._locked = set(customers)
+        self._locked |= set(customers)  # a step of several batches loads them all first
         program = await _fetch(conn, "SELECT MAX(version) FROM programs WHERE brand_id = $1", brand_id)
         ops = await _fetch(
             conn, f"SELECT {names(OP)} FROM ops WHERE op_id = ANY($1::text[])", sorted(set(op_ids))
@@ -241,12 +241,6 @@ class _PgTx:
     async def save_claims(self, brand_id: str, rows: ClaimRows) -> None:
         await claims_store.save_claims(_PgSession(self._conn), brand_id, rows)
 
-    async def brand_counter(self, brand_id: str) -> int:
-        rows = await _fetch(self._conn, "SELECT value FROM brand_counters WHERE brand_id = $1", brand_id)
-        if not rows:
-            raise StoreError(f"brand {brand_id} has no change counter")
-        return int(rows[0][0])
-
     async def take_versions(self, brand_id: str, count: int) -> int:
         rows = await _fetch(
             self._conn,
@@ -259,8 +253,10 @@ class _PgTx:
 
     async def save_batch(self, commit: BatchCommit) -> None:
         conn, out = self._conn, commit.outcome
-        await _many(conn, INSERT_CUSTOMERS, [c for c in out.customers if c.customer_id not in self._locked])
+        created = [c for c in out.customers if c.customer_id not in self._locked]
         changed = [c for c in out.customers if c.customer_id in self._locked]
+        await _many(conn, INSERT_CUSTOMERS, created)
+        self._locked.update(c.customer_id for c in created)  # a later batch of the step updates them
         same = [c for c in changed if c.customer_id in commit.balance_only]
         updated = await _fetch(conn, UPDATE_BALANCES, [c.customer_id for c in same], [c.balance for c in same],
                                [c.version for c in same], [c.updated_at for c in same]) if same else []

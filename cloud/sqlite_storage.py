@@ -217,12 +217,6 @@ class _SQLiteTx:
     async def save_claims(self, brand_id: str, rows: ClaimRows) -> None:
         await claims_store.save_claims(_SQLiteSession(self._conn), brand_id, rows)
 
-    async def brand_counter(self, brand_id: str) -> int:
-        rows = await _q(self._conn, "SELECT value FROM brand_counters WHERE brand_id = ?", (brand_id,))
-        if not rows:
-            raise StoreError(f"brand {brand_id} has no change counter")
-        return int(rows[0][0])
-
     async def take_versions(self, brand_id: str, count: int) -> int:
         rows = await _q(
             self._conn,

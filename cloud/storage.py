@@ -106,10 +106,6 @@ class LedgerTx(Protocol):
         (``merges.find_collisions``): read in the batch's transaction, so no extra one is opened."""
         ...
 
-    async def brand_counter(self, brand_id: str) -> int:
-        """The brand's change counter as it is (read, not locked: for the single writer)."""
-        ...
-
     async def take_versions(self, brand_id: str, count: int) -> int:
         """Lock the brand's change counter until the transaction ends and move it ``count``
         on; the value it had (the batch's versions are that plus 1..count)."""

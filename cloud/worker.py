@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from protocol import Batch, OpStatus, ProtocolError, decode_batch
 
-from .batch_apply import Done, Sealer, apply_in_turn, apply_single_writer
+from .batch_apply import Done, Sealer, apply_step
 from .erasure import LATE_OP_TABLES
 from .errors import StoreError
 from .keys import CloudKey
@@ -114,11 +114,7 @@ class Worker:
                     [(batch.store_id, sid) for batch in batches for op in batch.ops
                      if isinstance(sid := getattr(op, "sale_id", None), str)],
                 )
-            claimed = list(zip(claims, batches, strict=True))
-            if self.storage.single_writer:
-                done = await apply_single_writer(tx, claimed, self._sealer)
-            else:
-                done = await apply_in_turn(tx, claimed, self._sealer)
+            done = await apply_step(tx, list(zip(claims, batches, strict=True)), self._sealer)
         # Committed: every batch's ack stands, whatever happens next.
         seconds = time.perf_counter() - started
         applied = []
