@@ -45,7 +45,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
@@ -105,6 +105,21 @@ def safe_dsn(dsn: str) -> str:
         return "postgresql://?"
     user = f"{parts.username}@" if parts.username else ""
     return f"{parts.scheme}://{user}{host}{port}{parts.path}"
+
+
+def _settings(dsn: str) -> dict[str, str]:
+    """Session settings for the pool, unless the DSN sets them itself.
+
+    ``plan_cache_mode = force_custom_plan``: asyncpg prepares every statement, and after five
+    runs PostgreSQL may keep one generic plan per connection. Planned while a table was small (a
+    new ledger's ops or sales), it stays a sequential scan as the table grows: measured, the
+    batch's op lookup went from 4 to 280 us per op and the apply from 3,465 to 747 ops/s.
+    Planning each run costs a fraction of a millisecond per statement, a few per batch."""
+    try:
+        given = parse_qs(urlsplit(dsn).query)
+    except ValueError:
+        given = {}
+    return {} if "plan_cache_mode" in given else {"plan_cache_mode": "force_custom_plan"}
 
 
 def _error(exc: BaseException) -> StoreError:
@@ -329,6 +344,7 @@ class PgStorage(SqlCsv, SqlStoreKeys, SqlEngagement, SqlLedger):
                 timeout=self._timeout,
                 command_timeout=60,
                 init=self._init_conn,
+                server_settings=_settings(self.dsn),
             )
         except (*_DB_ERRORS, ValueError) as exc:  # ValueError: a DSN asyncpg cannot parse
             raise StoreError(f"cannot open {safe_dsn(self.dsn)}: {type(exc).__name__}: {exc}") from exc
