@@ -460,3 +460,20 @@ def test_balance_only_names_the_customers_whose_profile_a_batch_left_as_it_was()
     before = {"a": row("a", None, 10, 1), "b": row("b", "+15550100", 10, 2)}
     after = [row("a", None, 25, 7), row("b", "+15550199", 10, 8), row("c", None, 0, 9)]
     assert balance_only(before, after) == {"a"}  # b's phone changed; c is new
+
+
+async def test_a_step_stops_taking_batches_once_it_holds_enough_ops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer is held for a bounded time: a step takes batches until they hold STEP_OPS ops."""
+    monkeypatch.setattr("cloud.worker.STEP_OPS", 4)
+    storage = SQLiteStorage(tmp_path / "cloud.sqlite3")
+    async with receiving(storage) as inbox:
+        cid = k.any_uuid()
+        await inbox.queue("store-a", [k.enroll(cid), k.earn(cid, "s1", 5), k.earn(cid, "s2", 5)])
+        await inbox.queue("store-b", [k.earn(cid, "s3", 5), k.earn(cid, "s4", 5), k.earn(cid, "s5", 5)])
+        await inbox.queue("store-a", [k.earn(cid, "s6", 5)])
+        worker = Worker(storage, KEY, k.now_ms)
+        assert [(a.store_id, a.seq) for a in await worker.apply_some()] == [("store-a", 1), ("store-b", 1)]
+        assert [(a.store_id, a.seq) for a in await worker.apply_some()] == [("store-a", 2)]
+        assert k.balances_in_db(storage.path) == {cid: 30}
