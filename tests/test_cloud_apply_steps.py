@@ -63,7 +63,8 @@ def workload() -> list[tuple[str, list[Op]]]:
                      Claim(op_id=uuid7(T0), at=T0, terminal_id=k.TERMINAL, customer_id=c2, sale_id="u1", points=10,
                            program_version=1),
                      goodwill]),  # resent: answered from its stored result
-        ("store-b", [k.update(c2, email="bea@example.com"), whole_earn(c2, "b3", "tok-2"), k.redeem(c2, "b4", 5)]),
+        ("store-b", [k.update(c2, email="bea@example.com"), whole_earn(c2, "b3", "tok-2"), k.redeem(c2, "b4", 5),
+                     k.redeem(c1, "b5", 10_000)]),  # refused: c1's balance unchanged, at its earlier batch's version
         ("store-a", [k.enroll(c3), k.earn(c3, "s4", 7), whole_earn(c1, "s5", "tok-1"), k.enroll(c1)]),
     ]
 
@@ -75,6 +76,9 @@ async def ledger(path: Path, backend: k.Backend, signers: dict[str, k.StoreSigne
     await storage.set_program(k.BRAND, "Acme Rewards", 1, 100, T0)
     for store_id, signer in signers.items():
         await storage.add_store(store_id, k.BRAND, signer.public_raw, T0)
+    # A brand that has changed before: versions counted from 0 in a step must move past its counter.
+    await backend.execute(path / "cloud.sqlite3",
+                          f"UPDATE brand_counters SET value = 1000 WHERE brand_id = '{k.BRAND}'")
     return storage
 
 
@@ -136,5 +140,5 @@ async def test_a_step_of_several_batches_decides_and_writes_what_steps_of_one_do
     for table, rows in single_rows.items():
         assert grouped_rows[table] == rows, table
     # the workload did reach what it leans on
-    assert len(single_rows["conflicts"]) == 1 and len(single_rows["card_links"]) == 2
+    assert len(single_rows["conflicts"]) == 2 and len(single_rows["card_links"]) == 2
     assert [r for r in single_rows["claimable_sales"] if r[10] is not None]  # u1 claimed
