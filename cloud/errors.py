@@ -18,6 +18,11 @@ class StoreError(CloudError):
     """The database failed or holds something this code cannot work with."""
 
 
+class WriterBusy(StoreError):
+    """SQLite's one writer stayed with another process past the busy timeout: nothing was done;
+    try again (a reconciler's turn comes; a receive is answered 503 and resent)."""
+
+
 class ConfigError(CloudError):
     """Bad operator input (CLI arguments, data directory, key file)."""
 

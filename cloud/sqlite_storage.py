@@ -28,7 +28,7 @@ from . import claims_store
 from .claims_model import ClaimRows, ClaimState
 from .csv_store import SqlCsv
 from .engagement_store import SqlEngagement, insert_consents, insert_messages
-from .errors import StoreError
+from .errors import StoreError, WriterBusy
 from .ledger import (
     CLAIM_SELECT,
     CONFLICT_COLUMNS,
@@ -363,7 +363,12 @@ class SQLiteStorage(SqlCsv, SqlStoreKeys, SqlEngagement, SqlLedger):
         if conn is None:
             raise StoreError("storage is not open")
         async with self._write_lock:
-            await _q(conn, "BEGIN IMMEDIATE")
+            try:
+                await conn.execute_fetchall("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+                    raise StoreError(f"SQLite failed: {exc}") from exc
+                raise WriterBusy(f"{self.path} stayed locked by another writer: {exc}") from exc
             try:
                 yield conn
                 await _q(conn, "COMMIT")

@@ -38,7 +38,7 @@ from protocol import Batch, OpStatus, ProtocolError, decode_batch
 
 from .batch_apply import Done, Sealer, apply_step
 from .erasure import LATE_OP_TABLES
-from .errors import StoreError
+from .errors import StoreError, WriterBusy
 from .keys import CloudKey
 from .model import BatchOutcome, Claim
 from .storage import Storage
@@ -158,7 +158,14 @@ class Worker:
     async def drain(self) -> int:
         """Apply batches until none is claimable; how many were applied."""
         count = 0
-        while not self._stop.is_set() and (applied := await self.apply_some()):
+        while not self._stop.is_set():
+            try:
+                applied = await self.apply_some()
+            except WriterBusy:  # another process's worker has SQLite's writer: this one's turn comes
+                log.debug("the SQLite writer is busy; trying again")
+                continue
+            if not applied:
+                break
             count += len(applied)
         return count
 
@@ -171,6 +178,9 @@ class Worker:
                 if await self.apply_some():
                     continue
                 pause = poll_interval
+            except WriterBusy:  # another process's worker has SQLite's writer: this one's turn comes
+                log.debug("the SQLite writer is busy; trying again")
+                continue
             except Exception:  # a worker outlives a failed step: the batches stay in the inbox for the next
                 log.exception("applying a batch failed; retrying in %.1f s", ERROR_PAUSE)
                 self._failed = True

@@ -16,7 +16,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from cloud.errors import AlreadyExists, ConfigError, KeyFileError, NotFound, NotYetApplied, StoreError
+from cloud.errors import AlreadyExists, ConfigError, KeyFileError, NotFound, NotYetApplied, StoreError, WriterBusy
 from cloud.keys import CloudKey, create_key, load_key, load_or_create_key
 from cloud.pg_storage import PgStorage
 from cloud.service import SyncService
@@ -477,3 +477,26 @@ async def test_a_step_stops_taking_batches_once_it_holds_enough_ops(
         assert [(a.store_id, a.seq) for a in await worker.apply_some()] == [("store-a", 1), ("store-b", 1)]
         assert [(a.store_id, a.seq) for a in await worker.apply_some()] == [("store-a", 2)]
         assert k.balances_in_db(storage.path) == {cid: 30}
+
+
+async def test_a_worker_waits_its_turn_when_another_process_holds_the_sqlite_writer(tmp_path: Path) -> None:
+    """Past the busy timeout a worker does not fail: it tries again until the writer is free
+    (several reconcile processes on one SQLite file); a receive is refused as busy, changing nothing."""
+    storage = SQLiteStorage(tmp_path / "cloud.sqlite3", busy_timeout_ms=100)
+    async with receiving(storage) as inbox:
+        cid = k.any_uuid()
+        await inbox.queue("store-a", [k.enroll(cid), k.earn(cid, "s1", 5)])
+        other = sqlite3.connect(storage.path, isolation_level=None)  # another process's writer
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            drain = asyncio.create_task(Worker(storage, KEY, k.now_ms).drain())
+            await asyncio.sleep(0.5)  # five busy timeouts
+            assert not drain.done()
+            with pytest.raises(WriterBusy):
+                await inbox.queue("store-b", [k.earn(cid, "s2", 5)])
+            other.execute("ROLLBACK")
+            assert await asyncio.wait_for(drain, 10) == 1
+        finally:
+            other.close()
+        assert k.balances_in_db(storage.path) == {cid: 5}
+        assert await storage.inbox_depth() == 0
