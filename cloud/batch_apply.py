@@ -1,17 +1,15 @@
 """Applying the batches a worker claimed, inside its one write transaction.
 
-Every batch's state is loaded first (on PostgreSQL the worker has already
-locked all their customers in one order). The batches are then decided in
-turn, each over what the ones before it left (``_Overlay``: customers, ops,
+A step is one batch on PostgreSQL and up to a few under SQLite's single
+writer (``worker``). Every batch's state is loaded first; the batches are
+then decided in turn, each over what the ones before it left (``_Overlay``: customers, ops,
 sales, unclaimed sales, card runs), with versions counted from 0 across the
 step, and their rows without versions written. Only then is the brand's
 counter taken, once (on PostgreSQL it stays locked until the commit), the
 versions moved past it, the acks sealed and the customers and batches
 written. A step of one batch is the same path.
 
-Taking the counter per batch held it from the step's first batch to its
-commit, and two PostgreSQL workers of a brand then took turns instead of
-overlapping. Queuing a batch's writes on SQLite's thread while Python
+Queuing a batch's writes on SQLite's thread while Python
 decides the next was also tried: no faster, because that thread needs the
 GIL between rows and the deciding loop holds it (CPU time equalled wall time).
 """

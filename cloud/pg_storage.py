@@ -192,15 +192,6 @@ class _PgTx:
         # NO KEY: a batch being received for this store (its inbox row's foreign key) does not wait.
         return claims_from_rows(await _fetch(self._conn, CLAIM_SELECT + " FOR NO KEY UPDATE OF s SKIP LOCKED", limit))
 
-    async def lock_customers(self, customer_ids: Sequence[str], sales: Sequence[tuple[str, str]]) -> None:
-        owners = await _fetch(
-            self._conn,
-            "SELECT s.customer_id FROM sales s JOIN unnest($1::text[], $2::text[]) AS w (store_id, sale_id)"
-            " ON s.store_id = w.store_id AND s.sale_id = w.sale_id",
-            [store for store, _ in sales], [sale for _, sale in sales],
-        )
-        await load_customers(_PgSession(self._conn), [*customer_ids, *(r[0] for r in owners)])
-
     async def load_state(
         self,
         *,
@@ -221,7 +212,7 @@ class _PgTx:
             sorted(set(sale_ids)),
         )
         customers, merged = await load_customers(_PgSession(conn), [*customer_ids, *(r[2] for r in sales)])
-        self._locked |= set(customers)  # a step of several batches loads them all first
+        self._locked = set(customers)
         program = await _fetch(conn, "SELECT MAX(version) FROM programs WHERE brand_id = $1", brand_id)
         ops = await _fetch(
             conn, f"SELECT {names(OP)} FROM ops WHERE op_id = ANY($1::text[])", sorted(set(op_ids))
@@ -268,10 +259,8 @@ class _PgTx:
 
     async def save_batch(self, commit: BatchCommit) -> None:
         conn, out = self._conn, commit.outcome
-        created = [c for c in out.customers if c.customer_id not in self._locked]
+        await _many(conn, INSERT_CUSTOMERS, [c for c in out.customers if c.customer_id not in self._locked])
         changed = [c for c in out.customers if c.customer_id in self._locked]
-        await _many(conn, INSERT_CUSTOMERS, created)
-        self._locked.update(c.customer_id for c in created)  # a later batch of the step updates them
         same = [c for c in changed if c.customer_id in commit.balance_only]
         updated = await _fetch(conn, UPDATE_BALANCES, [c.customer_id for c in same], [c.balance for c in same],
                                [c.version for c in same], [c.updated_at for c in same]) if same else []

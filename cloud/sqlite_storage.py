@@ -133,9 +133,6 @@ class _SQLiteTx:
         # The writer lock is the claim: no other transaction runs until this one ends.
         return claims_from_rows(await _q(self._conn, to_sqlite(CLAIM_SELECT), (limit,)))
 
-    async def lock_customers(self, customer_ids: Sequence[str], sales: Sequence[tuple[str, str]]) -> None:
-        """Nothing to do: the one writer holds the whole database."""
-
     async def load_state(
         self,
         *,

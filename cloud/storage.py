@@ -76,12 +76,6 @@ class LedgerTx(Protocol):
         holds). Empty if there is none."""
         ...
 
-    async def lock_customers(self, customer_ids: Sequence[str], sales: Sequence[tuple[str, str]]) -> None:
-        """Before a transaction applies several batches: lock every customer they name and those
-        of their (store_id, sale_id) sales, in one customer_id order, so that its batches' own
-        locks (``load_state``) never wait behind another transaction's holding the brand counter."""
-        ...
-
     async def load_state(
         self,
         *,

@@ -15,11 +15,10 @@ edge receives, now or when it resends the batch.
 On SQLite the single writer is the limit: workers take turns, whatever their
 number, and a step takes up to ``SINGLE_WRITER_GROUP`` waiting batches of one
 brand and commits once, so one fsync serves them all. On PostgreSQL a step
-is one batch: a step of several holds several batches' customers (locked
-first, in one order: ``LedgerTx.lock_customers``) until its commit, and
-measured with two workers and 5 % of ops on other stores' customers, the
-workers then waited for each other's locks most of the time (3,328 ops/s
-with steps of 8, 5,537 with steps of 1, 3,505 and 3,692 with one worker).
+is one batch: steps of several held several batches' customers until their
+commit, and measured with two workers and 5 % of ops on other stores'
+customers, the workers then waited for each other's locks most of the time
+(3,328 ops/s with steps of 8, 5,537 with steps of 1).
 
 The batch was verified when it was received (signature, key, store,
 sequence and chain); a key revoked since then does not stop it.
@@ -86,8 +85,8 @@ class Worker:
         self.clock = clock
         self.on_applied = on_applied
         self.decoded = decoded  # batches this process decoded when it received them
-        # None: the backend's best (see the module's docstring)
-        self.group = max(1, group or (SINGLE_WRITER_GROUP if storage.single_writer else 1))
+        # Steps of several batches only under the single writer (see the module's docstring).
+        self.group = max(1, group or SINGLE_WRITER_GROUP) if storage.single_writer else 1
         self._sealer = Sealer(cloud_key, clock)
         self._failed = False
         self._stop = asyncio.Event()
@@ -100,10 +99,18 @@ class Worker:
 
     async def apply_some(self) -> list[Applied]:
         """Apply up to ``group`` claimable batches in one transaction (one after a failed step,
-        so that a batch that cannot be applied never holds back the others); [] if there is none."""
-        applied = await self._apply(1 if self._failed else self.group)
-        self._failed = False
-        return applied
+        so that a batch that cannot be applied never holds back the others); [] if there is none.
+        Another process holding SQLite's writer past the busy timeout is waited out: its turn comes."""
+        while True:
+            try:
+                applied = await self._apply(1 if self._failed else self.group)
+            except WriterBusy:
+                if self._stop.is_set():
+                    return []
+                log.debug("the SQLite writer is busy; trying again")
+                continue
+            self._failed = False
+            return applied
 
     async def _apply(self, limit: int) -> list[Applied]:
         started = time.perf_counter()
@@ -116,12 +123,6 @@ class Worker:
             ahead = {_key(claim): batch for claim, batch in zip(peeked, decoded, strict=True)}
         async with self.storage.batch_tx() as tx:
             claims, batches = self._take(await tx.claim_batches(limit), ahead)
-            if len(batches) > 1 and not self.storage.single_writer:
-                await tx.lock_customers(
-                    [op.customer_id for batch in batches for op in batch.ops],
-                    [(batch.store_id, sid) for batch in batches for op in batch.ops
-                     if isinstance(sid := getattr(op, "sale_id", None), str)],
-                )
             done = await apply_step(tx, list(zip(claims, batches, strict=True)), self._sealer)
         # Committed: every batch's ack stands, whatever happens next.
         seconds = time.perf_counter() - started
@@ -158,14 +159,7 @@ class Worker:
     async def drain(self) -> int:
         """Apply batches until none is claimable; how many were applied."""
         count = 0
-        while not self._stop.is_set():
-            try:
-                applied = await self.apply_some()
-            except WriterBusy:  # another process's worker has SQLite's writer: this one's turn comes
-                log.debug("the SQLite writer is busy; trying again")
-                continue
-            if not applied:
-                break
+        while not self._stop.is_set() and (applied := await self.apply_some()):
             count += len(applied)
         return count
 
@@ -178,9 +172,6 @@ class Worker:
                 if await self.apply_some():
                     continue
                 pause = poll_interval
-            except WriterBusy:  # another process's worker has SQLite's writer: this one's turn comes
-                log.debug("the SQLite writer is busy; trying again")
-                continue
             except Exception:  # a worker outlives a failed step: the batches stay in the inbox for the next
                 log.exception("applying a batch failed; retrying in %.1f s", ERROR_PAUSE)
                 self._failed = True

@@ -1,17 +1,15 @@
 """A step of several batches in one transaction decides exactly what steps of one batch do.
 
-Two ledgers on the same backend receive the same signed batches from the same stores; one
-applies them one batch per transaction, the other up to eight per transaction (SQLite: all
-loaded first, decided in turn over what the batches before left; PostgreSQL: their customers
-locked first, then batch after batch). With one
+Steps of several batches run under SQLite's single writer (on PostgreSQL a step is one batch).
+Two SQLite ledgers receive the same signed batches from the same stores; one applies them one
+batch per transaction, the other up to eight per transaction (all loaded first, decided in turn
+over what the batches before left). With one
 clock, every table ends the same and every ack has the same bytes: sales, card runs, receipt
 claims, resent ops and refusals carry over from a batch to the next inside a step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -98,25 +96,12 @@ async def apply_all(storage: Storage, envelopes: list[bytes], group: int) -> lis
     return steps
 
 
-@contextmanager
-def separate(backend: k.Backend, path: Path) -> Iterator[tuple[k.Backend, Path]]:
-    """A ledger of its own on the test's backend: a directory (SQLite) or a fresh schema."""
-    path.mkdir()
-    if backend.dsn is None:
-        yield backend, path
-        return
-    with k.pg_backend() as fresh:
-        yield fresh, path
-
-
 async def snapshot(storage: Storage, backend: k.Backend, path: Path) -> dict[str, list[tuple[Any, ...]]]:
     tables = [t for t in k.TABLES if t not in ("stores", "store_keys", "store_sync")]  # keys differ per run
     return {t: sorted(await backend.rows(path / "cloud.sqlite3", f"SELECT * FROM {t}"), key=repr) for t in tables}
 
 
-async def test_a_step_of_several_batches_decides_and_writes_what_steps_of_one_do(
-    tmp_path: Path, backend: k.Backend
-) -> None:
+async def test_a_step_of_several_batches_decides_and_writes_what_steps_of_one_do(tmp_path: Path) -> None:
     signers = {s: k.StoreSigner(s) for s in ("store-a", "store-b")}
     envelopes = []
     for store_id, ops in workload():
@@ -125,13 +110,14 @@ async def test_a_step_of_several_batches_decides_and_writes_what_steps_of_one_do
         envelopes.append(data)
     results = []
     for group in (1, 8):
-        with separate(backend, tmp_path / f"group-{group}") as (run_backend, path):
-            storage = await ledger(path, run_backend, signers)
-            try:
-                steps = await apply_all(storage, envelopes, group)
-                results.append((steps, await snapshot(storage, run_backend, path)))
-            finally:
-                await storage.close()
+        path = tmp_path / f"group-{group}"
+        path.mkdir()
+        storage = await ledger(path, k.SQLITE, signers)
+        try:
+            steps = await apply_all(storage, envelopes, group)
+            results.append((steps, await snapshot(storage, k.SQLITE, path)))
+        finally:
+            await storage.close()
     (single, single_rows), (grouped, grouped_rows) = results
     assert [len(step) for step in single] == [1] * 5
     assert [len(step) for step in grouped] == [5]  # one transaction

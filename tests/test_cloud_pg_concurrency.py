@@ -56,10 +56,7 @@ class Ledger:
 
 
 @pytest.fixture
-async def ledger(pg: k.Backend, request: pytest.FixtureRequest) -> AsyncIterator[Ledger]:
-    """Batches one transaction of a reconciler applies at most: ``request.param`` (indirect), else
-    one, so that two single-batch transactions really interleave where a test wants them to."""
-    group = getattr(request, "param", 1)
+async def ledger(pg: k.Backend) -> AsyncIterator[Ledger]:
     assert pg.dsn is not None and pg.schema is not None
     # application_name lets the test find its own sessions in pg_stat_activity
     dsn = f"{pg.dsn}&application_name={pg.schema}"
@@ -89,7 +86,7 @@ async def ledger(pg: k.Backend, request: pytest.FixtureRequest) -> AsyncIterator
             return applied
 
         for name, pool in pools.items():
-            workers.append(Worker(pool, KEY, k.now_ms, on_applied=report(name), group=group))
+            workers.append(Worker(pool, KEY, k.now_ms, on_applied=report(name)))
             tasks.append(asyncio.create_task(workers[-1].run(handoff.work, poll_interval=0.02)))
         yield ledger
     finally:
@@ -149,7 +146,6 @@ async def test_a_batch_waits_for_the_customer_rows_another_transaction_holds(led
     assert (ack.results[0].status, ack.balances[0].points) == (APPLIED, 70)
 
 
-@pytest.mark.parametrize("ledger", [1, 8], indirect=True, ids=["one-batch-a-transaction", "groups-of-8"])
 async def test_batches_locking_the_same_customers_in_opposite_orders_do_not_deadlock(
     ledger: Ledger, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -233,14 +229,12 @@ async def test_a_store_held_by_one_reconciler_is_skipped_not_waited_for(ledger: 
     assert (ack_a.seq, ack_a.balances[0].points) == (2, 22)
 
 
-@pytest.mark.parametrize("ledger", [1, 8], indirect=True, ids=["one-batch-a-transaction", "groups-of-8"])
 async def test_two_reconcilers_share_many_stores_and_never_overspend(
     ledger: Ledger, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Four stores, five batches each, all spending one customer's 100 points through two
     reconcilers: exactly 100 points are spent, each batch is applied once and each store's
-    batches in order; with transactions of several batches (their customers locked first) too,
-    and no deadlock."""
+    batches in order, with no deadlock."""
     for store_id in ("store-c", "store-d"):
         signer = ledger.stores[store_id] = k.StoreSigner(store_id)
         await ledger.storage.add_store(store_id, k.BRAND, signer.public_raw, k.now_ms())
